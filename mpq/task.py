@@ -1,0 +1,51 @@
+"""The task: everything that defines how a proxy is judged.
+
+One frozen object travels from the CLI through the sandbox wire format to the
+worker, so a proxy's fitness is always tied to exactly one task.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Task:
+    """How a proxy is judged (paper: fitness phi, Eq. 5)."""
+
+    model: str = "mobilenetv2"
+    """Registry name, see ``mpq.models.MODEL_NAMES``."""
+    dataset: str = "embedded"
+    """``embedded`` (offline, ships with a package), ``cifar10`` or ``imagenet``."""
+    data_root: str | None = None
+    """Folder holding the data set (not needed for ``embedded``)."""
+    weights: str | None = None
+    """None = the project's own checkpoint; a file path; or ``torchvision``."""
+    budget: str = "3avg"
+    """``3avg`` (average weight bits), ``1.5MB`` (model size) or ``8x`` (compression vs FP32)."""
+    bits: tuple[int, ...] = (2, 4, 8)
+    """Candidate weight bit-widths per layer."""
+    act_bits: int = 8
+    """Activation bit-width (per-tensor, all layers)."""
+    alpha: float = 0.1
+    """phi = alpha * rho_sens + (1 - alpha) * acc_quant."""
+    calib_size: int = 16
+    """Calibration images, drawn from the training split."""
+    seed: int = 0
+    device: str = "cpu"
+    eval_limit: int | None = None
+    """Use at most this many search-split images for acc_quant (None = all)."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Task":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown task field(s): {', '.join(sorted(unknown))}")
+        values = dict(data)
+        if "bits" in values:
+            values["bits"] = tuple(int(b) for b in values["bits"])
+        return cls(**values)

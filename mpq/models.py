@@ -1,0 +1,147 @@
+"""Model registry, input-size-aware stems, and weight loading.
+
+Stems follow the input size (``DatasetSpec.image_size``):
+- 224 (ImageNet): torchvision's architectures unchanged.
+- 32 (CIFAR-10): the usual CIFAR stem: ResNet gets a 3x3 stride-1 first conv and
+  no max-pool; MobileNetV2 a stride-1 first conv and a stride-1 second stage
+  (total stride 8, as in the common CIFAR MobileNetV2).
+- 28 (embedded MNIST-5k, 1 channel): a light small-input variant sized for a
+  2-core CPU search: ResNet18 with a 3x3 stride-2 stem and no max-pool,
+  MobileNetV2 at width 0.5 with a stride-1 first conv (total stride 16).
+
+Weights: ``None`` = the project's own checkpoint (``mpq/checkpoints``), a file
+path, or ``"torchvision"`` (ImageNet-pretrained, needs a machine that can fetch them).
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision import models as tv
+
+from mpq.data import DatasetSpec
+
+CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
+TORCHVISION_MODELS = ("mobilenetv2", "resnet18", "resnet50")
+TIMM_MODELS = {  # registry name -> timm architecture (built at the data set's input size)
+    "vit": "vit_tiny_patch16_224",
+    "deit": "deit_tiny_patch16_224",
+    "swin": "swin_tiny_patch4_window7_224",
+}
+MODEL_NAMES = TORCHVISION_MODELS + tuple(TIMM_MODELS)
+
+
+class ModelError(Exception):
+    """A model cannot be built or its weights loaded; one line for the user."""
+
+
+def build_model(name: str, spec: DatasetSpec) -> nn.Module:
+    """An untrained model for ``spec`` (classes, channels, input size)."""
+    if name not in MODEL_NAMES:
+        raise ModelError(f"unknown model '{name}'; valid: {', '.join(MODEL_NAMES)}")
+    if name in TIMM_MODELS:
+        return _build_timm(name, spec)
+    if name == "mobilenetv2":
+        return _mobilenetv2(spec)
+    return _resnet(name, spec)
+
+
+def _resnet(name: str, spec: DatasetSpec) -> nn.Module:
+    model = getattr(tv, name)(num_classes=spec.num_classes)
+    if spec.image_size <= 64:
+        stride = 2 if spec.image_size < 32 else 1
+        model.conv1 = nn.Conv2d(spec.in_channels, 64, 3, stride=stride, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+    elif spec.in_channels != 3:
+        model.conv1 = nn.Conv2d(spec.in_channels, 64, 7, stride=2, padding=3, bias=False)
+    return model
+
+
+def _mobilenetv2(spec: DatasetSpec) -> nn.Module:
+    # torchvision's default setting: (expansion t, channels c, repeats n, stride s)
+    setting = [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 2], [6, 64, 4, 2],
+               [6, 96, 3, 1], [6, 160, 3, 2], [6, 320, 1, 1]]
+    width = 1.0
+    if spec.image_size == 32:
+        setting[1][3] = 1          # CIFAR: keep 32x32 through the 24-channel stage
+    elif spec.image_size < 32:
+        width = 0.5                # embedded: small and fast on a CPU
+    model = tv.MobileNetV2(num_classes=spec.num_classes, width_mult=width,
+                           inverted_residual_setting=setting)
+    if spec.image_size <= 64 or spec.in_channels != 3:
+        first = model.features[0][0]
+        stride = 1 if spec.image_size <= 64 else 2
+        model.features[0][0] = nn.Conv2d(spec.in_channels, first.out_channels, 3,
+                                         stride=stride, padding=1, bias=False)
+    return model
+
+
+def _build_timm(name: str, spec: DatasetSpec) -> nn.Module:
+    if importlib.util.find_spec("timm") is None:
+        raise ModelError(f"model '{name}' needs timm: pip install timm")
+    import timm
+
+    kwargs = dict(pretrained=False, num_classes=spec.num_classes, in_chans=spec.in_channels,
+                  img_size=spec.image_size)
+    if spec.image_size < 224:  # small inputs: 4x4 patches (8x8 tokens at 32x32)
+        kwargs["patch_size"] = 4
+        if name == "swin":
+            kwargs["window_size"] = 4
+    return timm.create_model(TIMM_MODELS[name], **kwargs)
+
+
+# --------------------------------------------------------------------------
+# Weights
+
+
+def checkpoint_path(name: str, dataset: str) -> Path:
+    return CHECKPOINT_DIR / f"{name}_{dataset}.pt"
+
+
+def load_model(name: str, spec: DatasetSpec, weights: str | None = None) -> nn.Module:
+    """Build ``name`` for ``spec`` and load its weights; the model is in eval mode."""
+    model = build_model(name, spec)
+    if weights == "torchvision":
+        _load_torchvision_weights(model, name, spec)
+    else:
+        path = Path(weights) if weights else checkpoint_path(name, spec.name)
+        if not path.is_file():
+            hint = "" if weights else f" (train one: python -m mpq.train --model {name} --dataset {spec.name})"
+            raise ModelError(f"no weights for {name} on {spec.name}: {path} not found{hint}")
+        state = read_checkpoint(path)["state_dict"]
+        try:
+            model.load_state_dict({k: v.float() for k, v in state.items()})
+        except RuntimeError as error:
+            raise ModelError(f"{path} does not fit {name} on {spec.name}: "
+                             f"{str(error).splitlines()[0]}") from None
+    return model.eval()
+
+
+def read_checkpoint(path: Path) -> dict:
+    """A project checkpoint: {"state_dict": ..., "meta": {...}}; no pickled code."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def save_checkpoint(model: nn.Module, path: Path, meta: dict) -> None:
+    """fp16 weights (half the size, accuracy checked after the round trip);
+    BatchNorm statistics stay fp32."""
+    state = {}
+    for key, value in model.state_dict().items():
+        keep_fp32 = "running_" in key or not value.is_floating_point()
+        state[key] = value.detach().cpu() if keep_fp32 else value.detach().cpu().half()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": state, "meta": meta}, path)
+
+
+def _load_torchvision_weights(model: nn.Module, name: str, spec: DatasetSpec) -> None:
+    if name not in TORCHVISION_MODELS or spec.image_size != 224 or spec.num_classes != 1000:
+        raise ModelError(f"torchvision weights exist only for {', '.join(TORCHVISION_MODELS)} "
+                         "on 224x224 ImageNet (1000 classes)")
+    builder = {"mobilenetv2": tv.mobilenet_v2, "resnet18": tv.resnet18, "resnet50": tv.resnet50}[name]
+    try:
+        pretrained = builder(weights="DEFAULT")
+    except Exception as error:  # offline machines cannot fetch them
+        raise ModelError(f"cannot fetch torchvision weights for {name}: {error}") from None
+    model.load_state_dict(pretrained.state_dict())

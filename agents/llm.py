@@ -21,6 +21,7 @@ import dataclasses
 import os
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -139,8 +140,14 @@ def _chat_openai(settings: LLMSettings, model: str, base_url: str | None, key: s
     extra: dict[str, Any] = {}
     if settings.seed is not None:
         extra["seed"] = settings.seed
-    if settings.extra_body:
-        extra["extra_body"] = dict(settings.extra_body)
+    body = dict(settings.extra_body or {})
+    if base_url is not None:
+        # langchain-openai sends OpenAI's newer `max_completion_tokens`; servers
+        # such as llama.cpp, vLLM or DeepSeek read `max_tokens` and would
+        # otherwise generate until their context is full.
+        body.setdefault("max_tokens", settings.max_tokens)
+    if body:
+        extra["extra_body"] = body
     return ChatOpenAI(
         model=model,
         base_url=base_url,
@@ -156,8 +163,10 @@ def _chat_openai(settings: LLMSettings, model: str, base_url: str | None, key: s
 def check_endpoint(base_url: str, timeout_s: float = 3.0) -> None:
     """Raise LLMUnavailable unless an OpenAI-compatible server answers at ``base_url``."""
     url = base_url.rstrip("/") + "/models"
+    loopback = urllib.parse.urlparse(url).hostname in ("127.0.0.1", "localhost", "::1")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({})) if loopback else urllib.request.build_opener()
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as reply:
+        with opener.open(url, timeout=timeout_s) as reply:
             reply.read()
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)

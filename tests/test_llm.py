@@ -129,3 +129,14 @@ def test_call_record_holds_prompt_response_tokens_and_latency(tmp_path):
     assert (record.agent, record.template, record.response, record.error) == ("mutator", "mutation", text, None)
     assert "the question" in record.prompt and record.prompt.startswith("[human]")
     assert record.tokens_in > 0 and record.tokens_out > 0 and record.latency_s >= 0
+
+
+def test_scripted_model_is_safe_under_parallel_calls(tmp_path):
+    # LangGraph drafts a generation's candidates in parallel with one model.
+    from concurrent.futures import ThreadPoolExecutor
+
+    responses = [f"r{i}" for i in range(16)]
+    llm = make_llm(LLMSettings(spec=f"scripted:{_write(tmp_path, {'init': responses})}"))
+    with ThreadPoolExecutor(8) as pool:
+        texts = list(pool.map(lambda _: call_llm(llm, [HumanMessage("x")], "proposer", "init")[0], range(16)))
+    assert sorted(texts) == sorted(responses)  # each response handed out exactly once

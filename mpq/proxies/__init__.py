@@ -16,9 +16,10 @@ docstring cites the source and gives the formula as implemented.
 | emq | weights, loss gradient | Dong et al., ICCV 2023 |
 | hawq_v2 | Hessian (hvp) | Dong et al., NeurIPS 2020 |
 
-None of them sees the bit width: the allocator's per-(layer, bits) penalty
-turns the scores into an allocation (HAWQ-V2's weight perturbation term lives
-there).
+None of them sees the candidate bit widths: the allocator's penalty
+``score * 4**(b_min - b)`` (mpq/allocate.py) turns scores into bits. Only
+hawq_v2 quantizes (at a fixed reference width, 4 bits) to size the weight
+perturbation of HAWQ-V2's Omega.
 """
 from __future__ import annotations
 

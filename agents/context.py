@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -49,7 +49,11 @@ class EvalFailure:
         return f"{self.reason}\n{tail}" if tail else self.reason
 
 
-_BUDGET_UNITS = (("avg", "average weight bits <= {}"), ("MB", "model size <= {} MB"), ("x", "compression >= {}x vs FP32"))
+_BUDGET_UNITS = (
+    ("avg", "average weight bits <= {}"),
+    ("MB", "model size <= {} MB"),
+    ("x", "compression >= {}x vs FP32"),
+)
 
 
 def describe_task(task: Any) -> str:

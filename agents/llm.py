@@ -195,7 +195,9 @@ def open_llm(settings: LLMSettings) -> Iterator[BaseChatModel]:
         yield make_llm(dataclasses.replace(settings, base_url=base_url))
 
 
-def call_llm(llm: BaseChatModel, messages: Sequence[BaseMessage], agent: str, template: str) -> tuple[str, LLMCallRecord]:
+def call_llm(
+    llm: BaseChatModel, messages: Sequence[BaseMessage], agent: str, template: str
+) -> tuple[str, LLMCallRecord]:
     """Invoke ``llm`` once; return the response text and the call's record.
 
     Raises LLMCallError (carrying the record, with ``error`` set) when the call
@@ -233,8 +235,10 @@ def add_llm_arguments(parser: argparse.ArgumentParser) -> None:
     d = LLMSettings()
     g = parser.add_argument_group("LLM")
     g.add_argument("--llm", default=d.spec, help="openai:MODEL | local | scripted:FILE (default: %(default)s)")
-    g.add_argument("--llm-base-url", default=None, help="OpenAI-compatible endpoint (default: $OPENAI_BASE_URL; for local: start the embedded server)")
-    g.add_argument("--llm-api-key-env", default=d.api_key_env, help="environment variable holding the API key (default: %(default)s)")
+    g.add_argument("--llm-base-url", default=None,
+                   help="OpenAI-compatible endpoint (default: $OPENAI_BASE_URL; local: start the embedded server)")
+    g.add_argument("--llm-api-key-env", default=d.api_key_env,
+                   help="environment variable holding the API key (default: %(default)s)")
     g.add_argument("--llm-model", default=None, help="GGUF file for --llm local (default: the packaged model)")
     g.add_argument("--llm-temperature", type=float, default=d.temperature)
     g.add_argument("--llm-max-tokens", type=int, default=d.max_tokens)

@@ -10,7 +10,9 @@ from agents.prompts import PromptSet
 from agents.runner import draft
 
 
-def mutate(llm: BaseChatModel, prompts: PromptSet, ctx: DraftContext, parent: Parent) -> tuple[ProxyDraft, LLMCallRecord]:
+def mutate(
+    llm: BaseChatModel, prompts: PromptSet, ctx: DraftContext, parent: Parent
+) -> tuple[ProxyDraft, LLMCallRecord]:
     """A variant of ``parent`` (template ``mutation``). Raises DraftError / LLMCallError."""
     values = {**shared_values(ctx, exclude=(parent.id,)), **parent_values(parent, "parent")}
     return draft(llm, prompts, "mutation", values, "mutation", (parent.id,), agent="mutator")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import re
+import textwrap
 from dataclasses import dataclass
 
 from agents.dedupe import ENTRY_POINTS, ast_hash
@@ -33,7 +34,7 @@ class ParsedResponse:
 
 def parse_response(text: str) -> ParsedResponse:
     """Reasoning and the one proxy module in ``text``; raises DraftError."""
-    text = _THINK.sub("", text or "").strip()
+    text = _THINK.sub("", (text or "").replace("\r\n", "\n")).strip()
     if not text:
         raise DraftError("empty response", text)
     blocks = list(_FENCE.finditer(text))
@@ -115,7 +116,7 @@ def _parses(code: str) -> bool:
 def _clean_code(code: str, raw: str) -> str:
     """Drop what is not the proxy: ``if __name__ == "__main__":`` demos and
     bare top-level expressions such as ``print(score(x))``."""
-    code = code.strip("\n").rstrip()
+    code = textwrap.dedent(code.strip("\n")).rstrip()  # a block inside a list item is indented
     if not code.strip():
         raise DraftError("the code block is empty", raw)
     try:

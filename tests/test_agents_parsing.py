@@ -143,3 +143,9 @@ def test_hash_separates_different_proxies(other):
 def test_hash_of_unparsable_code_is_stable():
     assert ast_hash("def score(:\n  pass") == ast_hash("def score(:\n  pass   \n")
     assert len(ast_hash("x = 1")) == 16
+
+
+def test_indented_block_and_crlf_line_ends():
+    indented = "\n".join("   " + line if line else "" for line in PROXY.splitlines())
+    text = f"1. The proxy:\r\n   {F}python\r\n{indented}\r\n   {F}\r\n".replace("\n", "\r\n").replace("\r\r", "\r")
+    assert parse_response(text).code == PROXY

@@ -25,6 +25,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
@@ -123,7 +124,8 @@ def make_llm(settings: LLMSettings) -> BaseChatModel:
         if settings.base_url is None:
             raise LLMConfigError("--llm local: no server URL; use open_llm() to start one or pass --llm-base-url")
         check_endpoint(settings.base_url)
-        return _chat_openai(settings, model=settings.local_model or "local", base_url=settings.base_url, key="local")
+        model = Path(settings.local_model).stem if settings.local_model else "local"  # the server ignores it
+        return _chat_openai(settings, model=model, base_url=settings.base_url, key="local")
     base_url = settings.base_url or os.environ.get("OPENAI_BASE_URL") or None
     key = os.environ.get(settings.api_key_env)
     if not key and base_url is None:

@@ -39,7 +39,8 @@ def parse_response(text: str) -> ParsedResponse:
         raise DraftError("empty response", text)
     blocks = list(_FENCE.finditer(text))
     if blocks:
-        code = _pick_block(text, [m.group("body") for m in blocks])
+        # A closing fence glued to the last code line ("return x```") ends the code there.
+        code = _pick_block(text, [m.group("body").split("```")[0] for m in blocks])
         prose = _FENCE.sub("\n", text)
     else:
         prose, code = _unfenced(text)
@@ -89,19 +90,19 @@ def _pick_block(text: str, bodies: list[str]) -> str:
 
 
 def _unfenced(text: str) -> tuple[str, str]:
-    """Code without a fence: from the first line that starts a module, trimmed
-    of trailing prose until it parses."""
+    """Code without a fence: from a line that starts a module (the first that
+    works), trimmed of trailing prose until it parses."""
     lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if _CODE_START.match(line)), None)
-    if start is None:
-        raise DraftError("no code block in the response", text)
-    for end in range(len(lines), start, -1):
-        code = "\n".join(lines[start:end])
-        if _defines_entry(code) and _parses(code):
-            return "\n".join(lines[:start] + lines[end:]), code
-    code = "\n".join(lines[start:])
-    if _defines_entry(code):  # broken code is still code: let the critic see it
-        return "\n".join(lines[:start]), code
+    starts = [i for i, line in enumerate(lines) if _CODE_START.match(line)]
+    for start in starts:
+        for end in range(len(lines), start, -1):
+            code = "\n".join(lines[start:end])
+            if _defines_entry(code) and _parses(code):
+                return "\n".join(lines[:start] + lines[end:]), code
+    for start in starts:  # broken code is still code: let the critic see it
+        code = "\n".join(lines[start:])
+        if _defines_entry(code):
+            return "\n".join(lines[:start]), code
     raise DraftError("no code block in the response", text)
 
 

@@ -149,3 +149,14 @@ def test_indented_block_and_crlf_line_ends():
     indented = "\n".join("   " + line if line else "" for line in PROXY.splitlines())
     text = f"1. The proxy:\r\n   {F}python\r\n{indented}\r\n   {F}\r\n".replace("\n", "\r\n").replace("\r\r", "\r")
     assert parse_response(text).code == PROXY
+
+
+def test_unfenced_code_after_prose_that_looks_like_code():
+    text = f"from the paper we know that outliers matter.\n{PROXY}\n"
+    parsed = parse_response(text)
+    assert parsed.code == PROXY and parsed.reasoning.startswith("from the paper")
+
+
+def test_closing_fence_glued_to_the_code():
+    text = f"Idea.\n{F}python\n{PROXY}{F}\nThat is all."
+    assert parse_response(text).code == PROXY

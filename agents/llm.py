@@ -186,15 +186,19 @@ def open_llm(settings: LLMSettings) -> Iterator[BaseChatModel]:
         yield make_llm(settings)
         return
     try:
+        from agents.local_model import LocalLLMError
         from agents.local_server import LocalLLMServer
     except ImportError as err:
         raise LLMUnavailable(
             f"--llm local: the embedded LLM server is not available ({err}); "
             "run `make install`, or use --llm-base-url / --llm openai:MODEL"
         ) from None
-    options = {"model_path": settings.local_model, "log_dir": settings.log_dir}
-    with LocalLLMServer(**{k: v for k, v in options.items() if v is not None}) as base_url:
-        yield make_llm(dataclasses.replace(settings, base_url=base_url))
+    with contextlib.ExitStack() as stack:
+        try:
+            server = stack.enter_context(LocalLLMServer(model_path=settings.local_model, log_dir=settings.log_dir))
+        except LocalLLMError as err:  # engine or model missing, port taken, start-up timeout
+            raise LLMUnavailable(f"--llm local: {err}") from None
+        yield make_llm(dataclasses.replace(settings, base_url=server.base_url))
 
 
 def call_llm(

@@ -1,0 +1,40 @@
+"""--llm local end to end: open_llm starts the packaged model's server, an agent
+drafts a proxy through it, and the server is gone afterwards. Runs where the
+model is installed (marker ``llm``)."""
+import urllib.request
+
+import pytest
+
+from agents.context import DraftContext, describe_task
+from agents.drafts import DraftError
+from agents.llm import LLMSettings, LLMUnavailable, open_llm
+from agents.prompts import PromptSet
+from agents.proposer import propose
+
+local_model = pytest.importorskip("agents.local_model")
+
+needs_model = pytest.mark.skipif(not local_model.packaged_model_available(), reason="packaged local LLM not installed")
+
+
+@pytest.mark.llm
+@needs_model
+def test_open_llm_local_drafts_a_proxy_and_stops_the_server(tmp_path):
+    settings = LLMSettings(spec="local", max_tokens=400, temperature=0.2, seed=0, log_dir=str(tmp_path))
+    ctx = DraftContext(task=describe_task({"model": "resnet18", "dataset": "cifar10", "budget": "3avg"}))
+    with open_llm(settings) as llm:
+        base_url = llm.openai_api_base
+        try:
+            draft, record = propose(llm, PromptSet.load(), ctx)
+            assert "def score" in draft.code and record.tokens_out > 0
+        except DraftError as err:  # a small model may miss; the call itself must have worked
+            assert err.record is not None and err.record.error is None and err.record.response
+    with pytest.raises(OSError):
+        urllib.request.urlopen(base_url + "/models", timeout=2)
+    assert (tmp_path / "local_llm.log").is_file()
+
+
+def test_missing_model_file_is_one_clear_line(tmp_path):
+    with pytest.raises(LLMUnavailable, match="--llm local") as err:
+        with open_llm(LLMSettings(spec="local", local_model=str(tmp_path / "none.gguf"), log_dir=str(tmp_path))):
+            pass
+    assert "\n" not in str(err.value)

@@ -1,0 +1,356 @@
+"""The graph's nodes. Each is thin: one call into agents/, the sandbox or the
+controller math, a store write, and a state update.
+
+Candidates flow as :class:`graph.state.Attempt` payloads through ``Send``:
+``controller`` -> ``proposer | mutator | crossover`` -> ``evaluate``
+(-> ``critic`` -> ``evaluate``, at most R times) -> ``select``.
+
+Idempotency (what makes ``--resume`` after kill -9 exact): every draft and
+every evaluation is written to the store under a deterministic id before the
+node returns. A node that LangGraph re-runs after a crash first looks its id
+up and reuses what it finds, so no LLM call or evaluation that reached the
+database is made twice. A proxy whose AST hash was evaluated before reuses
+that result too (marked ``reused_from``): identical proxies are judged once.
+"""
+from __future__ import annotations
+
+import math
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from langchain_core.language_models import BaseChatModel
+from langgraph.runtime import Runtime
+from langgraph.types import Command, Send
+
+from agents.context import DraftContext, EvalFailure, Parent
+from agents.critic import repair
+from agents.crossover import crossover as crossover_agent
+from agents.drafts import DraftError, ProxyDraft
+from agents.llm import LLMCallError, LLMCallRecord
+from agents.mutator import mutate
+from agents.prompts import PromptSet
+from agents.proposer import propose
+from graph.config import RunConfig
+from graph.controller import Outcome, draw_operators, update
+from graph.state import (
+    Attempt, CandidateSpec, ProxyRecord, SearchState, context_library, generation_done, rank,
+    replace_population)
+from graph.store import RunStore
+
+Evaluate = Callable[[str, str], dict]
+"""(proxy id, source) -> the sandbox's EvaluationResult as a dict (the wire format)."""
+
+
+@dataclass
+class Clock:
+    """Wall time spent in the LLM and in evaluations (summed over threads)."""
+
+    llm_s: float = 0.0
+    eval_s: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, what: str, seconds: float) -> None:
+        with self._lock:
+            setattr(self, what, getattr(self, what) + seconds)
+
+
+@dataclass
+class Context:
+    """What the nodes need that is not state: never checkpointed."""
+
+    config: RunConfig
+    llm: BaseChatModel
+    prompts: PromptSet
+    evaluate: Evaluate
+    store: RunStore
+    draft_context: DraftContext
+    clock: Clock = field(default_factory=Clock)
+    finalize: Callable[[SearchState, "Context"], dict] | None = None
+
+
+def proxy_id(spec: CandidateSpec, attempt: int) -> str:
+    """``g2-c5`` for the operator's draft, ``g2-c5.1`` for the first repair."""
+    return spec["id"] if attempt == 0 else f"{spec['id']}.{attempt}"
+
+
+# -- controller ------------------------------------------------------------------
+def controller(state: SearchState, runtime: Runtime[Context]) -> dict:
+    """Plan the generation: one operator per slot drawn from p, parents from the library."""
+    ctx, gen = runtime.context, state["generation"]
+    size = ctx.config.search.population
+    rng = random.Random(f"{ctx.config.seed}:controller:{gen}")
+    operators = draw_operators(state["probs"], size, gen, rng)
+    pool = _parent_pool(state)
+    candidates = []
+    for slot, op in enumerate(operators):
+        need = {"init": 0, "mutation": 1, "crossover": 2}[op]
+        if need > len(pool):  # too few working proxies so far: fall back to a simpler operator
+            op, need = ("mutation", 1) if len(pool) == 1 else ("init", 0)
+        parents = [p["id"] for p in rng.sample(pool, need)] if need else []
+        candidates.append(CandidateSpec(id=f"g{gen}-c{slot}", generation=gen, slot=slot, operator=op, parents=parents))
+    runtime.stream_writer({"event": "generation", "generation": gen,
+                           "operators": [{"id": c["id"], "operator": c["operator"]} for c in candidates]})
+    return {"candidates": candidates}
+
+
+def _parent_pool(state: SearchState) -> list[ProxyRecord]:
+    """The context library, topped up with the best of the population to at least two proxies."""
+    pool = list(state.get("library", []))
+    seen = {p["id"] for p in pool}
+    for record in state.get("population", []):
+        if len(pool) >= 2:
+            break
+        if record["id"] not in seen and math.isfinite(record["phi"]):
+            pool.append(record)
+    return pool
+
+
+def fan_out(state: SearchState) -> list[Send]:
+    """One Send per candidate to the node of its operator."""
+    by_id = {r["id"]: r for r in state.get("archive", [])}
+    sends = []
+    for spec in state["candidates"]:
+        node = {"init": "proposer", "mutation": "mutator", "crossover": "crossover"}[spec["operator"]]
+        payload = Attempt(spec=spec, attempt=0)
+        payload["parents"] = [by_id[p] for p in spec["parents"]]
+        payload["library"] = state.get("library", [])
+        sends.append(Send(node, payload))
+    return sends
+
+
+# -- drafting --------------------------------------------------------------------
+def proposer(attempt: Attempt, runtime: Runtime[Context]) -> Command:
+    return _draft(attempt, runtime, lambda ctx, dctx, parents: propose(ctx.llm, ctx.prompts, dctx))
+
+
+def mutator(attempt: Attempt, runtime: Runtime[Context]) -> Command:
+    return _draft(attempt, runtime, lambda ctx, dctx, parents: mutate(ctx.llm, ctx.prompts, dctx, parents[0]))
+
+
+def crossover(attempt: Attempt, runtime: Runtime[Context]) -> Command:
+    return _draft(attempt, runtime,
+                  lambda ctx, dctx, parents: crossover_agent(ctx.llm, ctx.prompts, dctx, parents[0], parents[1]))
+
+
+def _draft(attempt: Attempt, runtime: Runtime[Context], agent: Callable) -> Command:
+    ctx, spec = runtime.context, attempt["spec"]
+    pid = proxy_id(spec, 0)
+    stored = ctx.store.get("proxies", pid)
+    if stored is None:
+        dctx = _draft_context(ctx, attempt.get("library", []))
+        parents = [_parent(p) for p in attempt.get("parents", [])]
+        outcome = _call_agent(ctx, lambda: agent(ctx, dctx, parents))
+        if isinstance(outcome, NoDraft):  # no usable proxy: the candidate fails here
+            ctx.store.record_llm_calls(pid, outcome.calls)
+            runtime.stream_writer({"event": "draft_error", "id": spec["id"], "error": outcome.reason})
+            return Command(update={"archive": [_failed(spec, attempt, "draft_error", outcome.reason, 0)]},
+                           goto="select")
+        draft, record = outcome
+        stored = _proxy_row(spec, 0, draft)
+        ctx.store.record_proxy(stored, [_call_row(record)])
+    runtime.stream_writer({"event": "draft", "id": spec["id"], "operator": spec["operator"]})
+    next_attempt = {**attempt, "attempt": 0, "code": stored["code"], "reasoning": stored["reasoning"],
+                    "ast_hash": stored["ast_hash"]}
+    return Command(goto=Send("evaluate", next_attempt))
+
+
+@dataclass(frozen=True)
+class NoDraft:
+    """An agent call that produced no usable proxy: why, and the LLM calls it made."""
+
+    reason: str
+    calls: list[dict]
+
+
+def _call_agent(ctx: Context, call: Callable) -> tuple[ProxyDraft, LLMCallRecord] | NoDraft:
+    """The agent's draft, or why it produced none."""
+    start = time.perf_counter()
+    try:
+        return call()
+    except (DraftError, LLMCallError) as err:
+        record = getattr(err, "record", None)
+        return NoDraft(getattr(err, "reason", None) or str(err), [_call_row(record)] if record else [])
+    finally:
+        ctx.clock.add("llm_s", time.perf_counter() - start)
+
+
+def _draft_context(ctx: Context, library: list[ProxyRecord]) -> DraftContext:
+    from dataclasses import replace
+
+    return replace(ctx.draft_context, library=tuple(_parent(p) for p in library))
+
+
+def _parent(record: ProxyRecord) -> Parent:
+    return Parent(id=record["id"], code=record["code"], reasoning=record["reasoning"],
+                  phi=record["phi"], rho_sens=record["rho_sens"], acc_quant=record["acc_quant"])
+
+
+def _proxy_row(spec: CandidateSpec, attempt: int, draft: ProxyDraft) -> dict:
+    return {"id": proxy_id(spec, attempt), "candidate": spec["id"], "generation": spec["generation"],
+            "slot": spec["slot"], "attempt": attempt, "operator": draft.operator, "template": spec["operator"],
+            "parents": list(draft.parents), "code": draft.code, "reasoning": draft.reasoning,
+            "ast_hash": draft.ast_hash}
+
+
+def _call_row(record: LLMCallRecord) -> dict:
+    return {"agent": record.agent, "template": record.template, "prompt": record.prompt,
+            "response": record.response, "tokens_in": record.tokens_in, "tokens_out": record.tokens_out,
+            "latency_s": record.latency_s, "error": record.error}
+
+
+# -- evaluation and repair -------------------------------------------------------------
+def evaluate(attempt: Attempt, runtime: Runtime[Context]) -> Command:
+    """Sandbox one attempt (or reuse its stored / same-hash result); route ok -> select, failed -> critic."""
+    ctx, spec, n = runtime.context, attempt["spec"], attempt["attempt"]
+    pid = proxy_id(spec, n)
+    result = ctx.store.get("evaluations", pid)
+    reused = result is not None
+    if result is None:
+        earlier = ctx.store.evaluation_by_hash(attempt["ast_hash"])
+        if earlier is not None:
+            result = {**earlier, "reused_from": earlier["proxy_id"], "wall_s": 0.0}
+        else:
+            runtime.stream_writer({"event": "eval_start", "id": spec["id"], "attempt": n})
+            start = time.perf_counter()
+            result = ctx.evaluate(pid, attempt["code"])
+            result["wall_s"] = time.perf_counter() - start
+            ctx.clock.add("eval_s", result["wall_s"])
+        result = {**result, "proxy_id": pid, "candidate": spec["id"], "generation": spec["generation"],
+                  "ast_hash": attempt["ast_hash"]}
+        ctx.store.record_evaluation(_evaluation_row(result))
+    reused = reused or bool(result.get("reused_from"))
+    ok = result["status"] == "ok"
+    final = ok or n >= ctx.config.search.repairs
+    error = _error_text(result)
+    runtime.stream_writer({"event": "eval_done", "id": spec["id"], "attempt": n, "status": result["status"],
+                           "phi": result.get("phi"), "rho_sens": result.get("rho_sens"),
+                           "acc_quant": result.get("acc_quant"), "error": error.splitlines()[0] if error else "",
+                           "reused": reused, "final": final})
+    if final:
+        return Command(update={"archive": [_record(spec, attempt, result)]}, goto="select")
+    return Command(goto=Send("critic", {**attempt, "error": error}))
+
+
+def critic(attempt: Attempt, runtime: Runtime[Context]) -> Command:
+    """Ask the critic to repair the failed attempt; the repair is the next attempt."""
+    ctx, spec = runtime.context, attempt["spec"]
+    n = attempt["attempt"] + 1
+    pid = proxy_id(spec, n)
+    runtime.stream_writer({"event": "repair", "id": spec["id"], "attempt": n,
+                           "error": attempt["error"].splitlines()[0] if attempt["error"] else ""})
+    stored = ctx.store.get("proxies", pid)
+    if stored is None:
+        dctx = _draft_context(ctx, attempt.get("library", []))
+        outcome = _call_agent(ctx, lambda: repair(ctx.llm, ctx.prompts, dctx, attempt["code"],
+                                                  EvalFailure(attempt["error"])))
+        if isinstance(outcome, NoDraft) or outcome[0].ast_hash == attempt["ast_hash"]:
+            # An unusable or unchanged repair counts as a try and is not evaluated.
+            if isinstance(outcome, NoDraft):
+                reason, calls = outcome.reason, outcome.calls
+            else:
+                reason, calls = "critic returned the same proxy", [_call_row(outcome[1])]
+            ctx.store.record_llm_calls(pid, calls)
+            failed = {**attempt, "attempt": n, "error": f"{reason}; before: {attempt['error']}"}
+            if n >= ctx.config.search.repairs:
+                return Command(update={"archive": [_failed(spec, failed, "error", failed["error"], n)]}, goto="select")
+            return Command(goto=Send("critic", failed))
+        draft, record = outcome
+        stored = _proxy_row(spec, n, draft)
+        ctx.store.record_proxy(stored, [_call_row(record)])
+    return Command(goto=Send("evaluate", {**attempt, "attempt": n, "code": stored["code"],
+                                          "reasoning": stored["reasoning"], "ast_hash": stored["ast_hash"]}))
+
+
+_EVAL_COLUMNS = ("proxy_id", "candidate", "generation", "ast_hash", "status", "phi", "rho_sens", "acc_quant",
+                 "avg_bits", "size_mb", "bops", "bits", "scores", "timings", "reason", "traceback_tail",
+                 "reused_from", "wall_s")
+
+
+def _evaluation_row(result: dict) -> dict:
+    return {k: result.get(k) for k in _EVAL_COLUMNS}
+
+
+def _error_text(result: dict) -> str:
+    if result["status"] == "ok":
+        return ""
+    return str(EvalFailure(result.get("reason") or result["status"], result.get("traceback_tail") or ""))
+
+
+def _record(spec: CandidateSpec, attempt: Attempt, result: dict) -> ProxyRecord:
+    ok = result["status"] == "ok" and result.get("phi") is not None
+    return ProxyRecord(
+        id=spec["id"], generation=spec["generation"], slot=spec["slot"], operator=spec["operator"],
+        parents=list(spec["parents"]), reasoning=attempt.get("reasoning", ""), code=attempt.get("code", ""),
+        ast_hash=attempt.get("ast_hash", ""), status=result["status"],
+        phi=float(result["phi"]) if ok else -math.inf,
+        rho_sens=result.get("rho_sens") if ok else None, acc_quant=result.get("acc_quant") if ok else None,
+        avg_bits=result.get("avg_bits") if ok else None, size_mb=result.get("size_mb") if ok else None,
+        bits=dict(result.get("bits") or {}) if ok else {}, repairs=attempt["attempt"],
+        error=_error_text(result))
+
+
+def _failed(spec: CandidateSpec, attempt: Attempt, status: str, error: str, repairs: int) -> ProxyRecord:
+    return _record(spec, {**attempt, "attempt": repairs}, {"status": status, "reason": error})
+
+
+# -- selection -----------------------------------------------------------------------
+def select(state: SearchState, runtime: Runtime[Context]) -> dict:
+    """When the generation's last candidate is in: population, library, controller, persist.
+
+    Branches of one generation reach this node at different super-steps (the
+    critic loop makes some longer); only the call that sees every candidate
+    finished does the work, the earlier ones are no-ops.
+    """
+    if not generation_done(state):
+        return {}
+    ctx, gen = runtime.context, state["generation"]
+    search = ctx.config.search
+    new = [r for r in state["archive"] if r["generation"] == gen]
+    population = replace_population(state.get("population", []), new, search.population)
+    library = context_library(state["archive"])
+    outcomes = [Outcome(r["operator"], r["phi"]) for r in sorted(new, key=lambda r: r["slot"])]
+    weights = update(state["weights"], outcomes, search.controller)
+    best = population[0] if population and math.isfinite(population[0]["phi"]) else state.get("best")
+    finite = [r["phi"] for r in new if math.isfinite(r["phi"])]
+    ctx.store.record_controller({"generation": gen, "kind": search.controller.kind, "weights": weights,
+                                 "probs": weights, "outcomes": [[o.template, _num(o.fitness)] for o in outcomes]})
+    ctx.store.record_generation({
+        "generation": gen, "candidates": len(new), "ok": len(finite),
+        "best_phi": max(finite) if finite else None, "mean_phi": sum(finite) / len(finite) if finite else None,
+        "best_id": best["id"] if best else None, "population": [summary(r) for r in population]})
+    runtime.stream_writer({"event": "select", "generation": gen, "probs": weights,
+                           "population": [summary(r) for r in population],
+                           "best": summary(best, code=True) if best else None})
+    return {"population": population, "library": library, "weights": weights, "probs": weights,
+            "best": best, "generation": gen + 1, "candidates": []}
+
+
+def after_select(state: SearchState, runtime: Runtime[Context]) -> list[str] | str:
+    """Wait (no next node) while candidates are in flight; then next generation or finalize."""
+    if not generation_done(state):
+        return []
+    return "finalize" if state["generation"] >= runtime.context.config.search.generations else "controller"
+
+
+def finalize(state: SearchState, runtime: Runtime[Context]) -> dict:
+    """Best proxy -> its allocation -> the quantized model on the held-out test split -> report."""
+    ctx = runtime.context
+    final = ctx.finalize(state, ctx) if ctx.finalize else {}
+    runtime.stream_writer({"event": "finalize", **{k: final.get(k) for k in ("test_acc", "avg_bits", "run_dir")}})
+    return {"final": final}
+
+
+def summary(record: ProxyRecord, code: bool = False) -> dict[str, Any]:
+    """The compact row the TUI, the generations table and the report show."""
+    out = {k: record.get(k) for k in ("id", "operator", "status", "rho_sens", "acc_quant", "avg_bits")}
+    out["phi"] = _num(record["phi"])
+    if code:
+        out["code"] = record["code"]
+    return out
+
+
+def _num(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None

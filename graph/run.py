@@ -1,0 +1,206 @@
+"""``python -m graph.run``: start, resume or branch a TAP search.
+
+    python -m graph.run --model mobilenetv2 [--dataset embedded] [--llm scripted:FILE] ...
+    python -m graph.run --resume RUN_ID
+    python -m graph.run --branch RUN_ID@GEN [--controller dpo] [--llm ...] [--seed 1]
+
+Bad input is one line on stderr and exit code 2, before anything is written.
+Ctrl-C (or kill -9) leaves a run that ``--resume`` continues.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+from langgraph.checkpoint.sqlite import SqliteSaver
+
+from agents.context import DraftContext, describe_task
+from agents.llm import LLMConfigError, LLMUnavailable, open_llm
+from agents.prompts import PromptSet
+from graph.build import build_graph, thread_config
+from graph.config import ConfigError, RunConfig, parse_run_args
+from graph.controller import initial_weights, probabilities
+from graph.nodes import Clock, Context, Evaluate
+from graph.report import write_outputs
+from graph.state import SearchState
+from graph.store import RunStore, connect, db_path, require_run, snapshot_copy
+from graph.tui import make_sink
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        config = parse_run_args(argv)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        result = execute(config)
+    except (LLMConfigError, LLMUnavailable) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted; continue with: python -m graph.run --resume {config.run_id} "
+              f"--runs-dir {config.runs_dir}", file=sys.stderr)
+        return 130
+    if config.json:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+def execute(config: RunConfig, evaluator: contextlib.AbstractContextManager | None = None) -> dict:
+    """Run (or continue) the search to the end; returns the summary printed by ``--json``.
+
+    ``evaluator`` replaces the sandbox pool (a context manager yielding an
+    Evaluate function); the CLI always uses the sandbox.
+    """
+    run_dir = config.run_dir
+    run_dir.mkdir(parents=True, exist_ok=config.resume)
+    store = RunStore.open(db_path(config.runs_dir, config.run_id))
+    saver_conn = connect(db_path(config.runs_dir, config.run_id))
+    graph = build_graph(SqliteSaver(saver_conn))
+    thread = thread_config(config.run_id)
+    start = time.perf_counter()
+    prompts = PromptSet.load(config.prompts_dir)
+    if not config.resume:
+        initial = _initial_state(config, store)
+        store.record_run(_run_row(config, prompts))
+    else:
+        initial = None if graph.get_state(thread).values else _initial_state(config, store)
+    from graph.final import TaskModel
+
+    task_model = TaskModel(config.task)
+    llm_settings = dataclasses.replace(config.llm, log_dir=str(run_dir))
+    clock, status = Clock(), "interrupted"
+    try:
+        with open_llm(llm_settings) as llm, (evaluator or open_sandbox(config)) as evaluate, \
+                make_sink(config.tui) as sink:
+            ctx = Context(config=config, llm=llm, prompts=prompts, evaluate=evaluate, store=store,
+                          draft_context=DraftContext(task=describe_task(config.task),
+                                                     layers=task_model.describe_layers()),
+                          clock=clock, finalize=lambda state, c: _finalize(state, c, task_model))
+            sink.emit({"event": "run", "run_id": config.run_id, "model": config.task.model,
+                       "llm": config.llm.spec, "generations": config.search.generations,
+                       "population": config.search.population})
+            for event in graph.stream(initial, thread, context=ctx, stream_mode="custom"):
+                sink.emit(event)
+        status = "finished"
+    finally:
+        timings = {"wall_s": time.perf_counter() - start, "llm_s": clock.llm_s, "eval_s": clock.eval_s}
+        store.set_run_status(config.run_id, status, timings)
+        store.close()
+        saver_conn.close()
+    final = graph_state_final(config)
+    return {"run_id": config.run_id, "run_dir": str(run_dir), "status": status, "timings": timings, **final}
+
+
+def graph_state_final(config: RunConfig) -> dict:
+    """The finalize node's summary from the last checkpoint."""
+    conn = connect(db_path(config.runs_dir, config.run_id))
+    try:
+        values = build_graph(SqliteSaver(conn)).get_state(thread_config(config.run_id)).values
+    finally:
+        conn.close()
+    return {"final": values.get("final", {}),
+            "best": {k: v for k, v in (values.get("best") or {}).items() if k not in ("code", "reasoning")}}
+
+
+def _initial_state(config: RunConfig, store: RunStore) -> SearchState:
+    """Generation 0 of a fresh run, or the parent's state at the end of the branch generation."""
+    if config.parent_run is not None:
+        return _branch_state(config, store)
+    weights = probabilities(initial_weights(), config.search.controller.floor)
+    return SearchState(run_id=config.run_id, generation=0, candidates=[], archive=[], population=[],
+                       library=[], weights=weights, probs=weights, best=None)
+
+
+def _branch_state(config: RunConfig, store: RunStore) -> SearchState:
+    """Read the parent's checkpoint after generation GEN from a private copy; inherit its rows."""
+    gen = config.parent_generation
+    with snapshot_copy(require_run(config.runs_dir, config.parent_run)) as copy:
+        conn = connect(copy)
+        try:
+            parent_graph = build_graph(SqliteSaver(conn))
+            for snapshot in parent_graph.get_state_history(thread_config(config.parent_run)):
+                v = snapshot.values
+                if v.get("generation") == gen + 1 and v.get("candidates") == [] and "final" not in v:
+                    values = dict(v)
+                    break
+            else:
+                raise ConfigError(f"run {config.parent_run} has no checkpoint at the end of generation {gen}")
+            parent_store = RunStore(conn)
+            store.copy_rows_from(parent_store, gen)
+        finally:
+            conn.close()
+    values["archive"] = [r for r in values["archive"] if r["generation"] <= gen]
+    values["run_id"] = config.run_id
+    return SearchState(**values)
+
+
+def _finalize(state: SearchState, ctx: Context, task_model) -> dict:
+    best = state.get("best")
+    final: dict = {"run_dir": str(ctx.config.run_dir), "budget": ctx.config.task.budget}
+    if best is not None:
+        final.update({"proxy": best["id"], "phi": best["phi"], "search_acc": best["acc_quant"],
+                      "avg_bits": best["avg_bits"], "size_mb": best["size_mb"]})
+        final.update(task_model.test_accuracy(best["bits"]))
+        evaluation = ctx.store.get("evaluations", _evaluated_id(ctx, best))
+        if evaluation:
+            final["bops"] = evaluation.get("bops")
+    final["outputs"] = write_outputs(ctx.config.run_dir, ctx.store, best, final)
+    return final
+
+
+def _evaluated_id(ctx: Context, best: dict) -> str:
+    return best["id"] if best["repairs"] == 0 else f"{best['id']}.{best['repairs']}"
+
+
+@contextlib.contextmanager
+def open_sandbox(config: RunConfig) -> Iterator[Evaluate]:
+    """The sandbox pool as an Evaluate function; at most ``workers`` evaluations at once."""
+    from sandbox.pool import EvaluatorPool
+    from sandbox.protocol import Limits
+
+    slots = threading.Semaphore(config.workers)
+    limits = Limits(timeout_s=config.eval_timeout_s)
+    with EvaluatorPool(config.task, backend=config.sandbox, workers=config.workers, limits=limits) as pool:
+        def evaluate(proxy_id: str, source: str) -> dict:
+            with slots:
+                return dataclasses.asdict(pool.evaluate(source))
+        yield evaluate
+
+
+def _run_row(config: RunConfig, prompts: PromptSet) -> dict:
+    return {"id": config.run_id, "model": config.task.model, "dataset": config.task.dataset,
+            "llm": config.llm.spec, "prompts_dir": str(prompts.directory), "prompts_hash": prompts_hash(prompts),
+            "git_rev": git_revision(), "seed": config.seed, "controller": config.search.controller.kind,
+            "generations": config.search.generations, "population": config.search.population,
+            "parent_run": config.parent_run, "parent_generation": config.parent_generation,
+            "config": config.settings_dict()}
+
+
+def prompts_hash(prompts: PromptSet) -> str:
+    h = hashlib.sha256()
+    for name in sorted(prompts.templates):
+        h.update(f"{name}\0{prompts.templates[name]}\0".encode())
+    return h.hexdigest()[:16]
+
+
+def git_revision() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

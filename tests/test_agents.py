@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from agents.context import DraftContext, EvalFailure, Parent
+from agents.context import DraftContext, EvalFailure, Parent, describe_task
 from agents.critic import repair, repair_loop
 from agents.crossover import crossover
 from agents.dedupe import ast_hash
@@ -144,3 +144,13 @@ def test_zero_repairs_means_no_critic_call(tmp_path, prompts):
     candidate = _first_draft(tmp_path, prompts)
     outcome = repair_loop(scripted(tmp_path, [GOOD]), prompts, CTX, candidate, lambda code: EvalFailure("x"), 0)
     assert outcome.repairs == 0 and outcome.records == () and outcome.draft is candidate
+
+
+@pytest.mark.parametrize("budget, phrase", [("3avg", "average weight bits <= 3"), ("1.5MB", "model size <= 1.5 MB"),
+                                            ("8x", "compression >= 8x vs FP32")])
+def test_describe_task_states_model_budget_and_fitness(budget, phrase):
+    from mpq.task import Task
+
+    text = describe_task(Task(model="resnet18", dataset="cifar10", budget=budget, alpha=0.25))
+    assert "resnet18" in text and "cifar10" in text and phrase in text and "2/4/8 bits" in text
+    assert "0.25 * rho_sens" in text and "0.75 * top-1" in text

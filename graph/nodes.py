@@ -320,7 +320,8 @@ def select(state: SearchState, runtime: Runtime[Context]) -> dict:
     ctx.store.record_generation({
         "generation": gen, "candidates": len(new), "ok": len(finite),
         "best_phi": max(finite) if finite else None, "mean_phi": sum(finite) / len(finite) if finite else None,
-        "best_id": best["id"] if best else None, "population": [summary(r) for r in population]})
+        "best_id": best["id"] if best else None, "population": [summary(r) for r in population],
+        "plan": [{"id": c["id"], "operator": c["operator"]} for c in state["candidates"]]})
     runtime.stream_writer({"event": "select", "generation": gen, "probs": weights,
                            "population": [summary(r) for r in population],
                            "best": summary(best, code=True) if best else None})

@@ -110,7 +110,7 @@ class RunStore:
                 pk="id", if_not_exists=True)
             t["generations"].create(
                 {"generation": int, "finished": float, "candidates": int, "ok": int,
-                 "best_phi": float, "mean_phi": float, "best_id": str, "population": str},
+                 "best_phi": float, "mean_phi": float, "best_id": str, "population": str, "plan": str},
                 pk="generation", if_not_exists=True)
             t["proxies"].create(
                 {"id": str, "candidate": str, "generation": int, "slot": int, "attempt": int,
@@ -214,7 +214,7 @@ class RunStore:
             return self.db[table].count if self.db[table].exists() else 0
 
 
-_JSON_COLUMNS = {"parents", "bits", "scores", "timings", "config", "weights", "probs", "outcomes", "population"}
+_JSON_COLUMNS = {"parents", "bits", "scores", "timings", "config", "weights", "probs", "outcomes", "population", "plan"}
 
 
 def _encode(row: dict) -> dict:

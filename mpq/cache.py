@@ -1,0 +1,58 @@
+"""A small on-disk cache of JSON results, keyed by what produced them.
+
+Ground truth costs minutes; it depends only on (model, weights, data split,
+bits, quantizer config, ...). Each result is one JSON file named by the SHA-256
+of its key, in ``$TAP_MPQ_CACHE`` or ``~/.cache/tap-mpq``. The key is stored
+in the file too, so a cache directory can be inspected by hand.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from torch import nn
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("TAP_MPQ_CACHE") or Path.home() / ".cache" / "tap-mpq")
+
+
+def key_digest(key: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def weights_hash(model: nn.Module) -> str:
+    """SHA-256 of the model's state (names, shapes and values)."""
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(str(tuple(tensor.shape)).encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def cached_json(cache_dir: Path | None, kind: str, key: dict[str, Any], compute: Callable[[], dict]) -> dict:
+    """The JSON-able dict for ``key``: read from the cache, or computed and stored."""
+    path = cache_file(cache_dir, kind, key)
+    if path.exists():
+        try:
+            return json.loads(path.read_text())["value"]
+        except (json.JSONDecodeError, KeyError):
+            pass  # a damaged file is recomputed and overwritten
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
+        json.dump({"key": key, "value": value}, tmp)
+    os.replace(tmp.name, path)  # atomic: parallel workers never read half a file
+    return value
+
+
+def cache_file(cache_dir: Path | None, kind: str, key: dict[str, Any]) -> Path:
+    """Where the result for ``key`` is (or would be) stored."""
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return folder / f"{kind}-{key_digest(key)}.json"
+

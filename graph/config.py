@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--sandbox", choices=SANDBOXES, help="default: auto")
     run.add_argument("--workers", type=int, help="evaluator slots (default: 1)")
     run.add_argument("--eval-timeout", type=float, help="seconds per evaluation (default: 600)")
-    run.add_argument("--seed", type=int, help="default: 0")
+    run.add_argument("--seed", type=int, help="search seed: operator draws, parents, LLM sampling (default: 0)")
     run.add_argument("--runs-dir", default="runs", help="default: %(default)s")
     run.add_argument("--run-id", help="name of the new run (default: a timestamp)")
     run.add_argument("--no-tui", action="store_true", help="plain log lines instead of the live view")
@@ -162,9 +162,9 @@ def _apply_overrides(base: RunConfig, args: argparse.Namespace, allow_task: bool
             task_changes[name] = value
     if task_changes and not allow_task:
         raise ConfigError(f"--branch keeps the parent's task; cannot change {', '.join(sorted(task_changes))}")
+    # --seed is the search's seed (operator draws, parents, LLM sampling); the task's own seed
+    # (data split, calibration images) stays, so runs and branches judge proxies alike.
     seed = args.seed if args.seed is not None else base.seed
-    if "seed" not in task_changes and args.seed is not None:
-        task_changes["seed"] = seed
     task = dataclasses.replace(base.task, **task_changes)
     controller = base.search.controller
     if args.controller:
@@ -184,6 +184,8 @@ def _apply_overrides(base: RunConfig, args: argparse.Namespace, allow_task: bool
             llm = settings_from_args(merged, seed=seed)
         except LLMConfigError as err:
             raise ConfigError(str(err)) from None
+    if llm.seed != seed:
+        llm = dataclasses.replace(llm, seed=seed)
     return dataclasses.replace(
         base, task=task, search=search, llm=llm, seed=seed,
         prompts_dir=args.prompts if args.prompts is not None else base.prompts_dir,

@@ -60,8 +60,8 @@ class ControllerSettings:
     """Eq. 7's step constant; cancels in the probabilities (see module doc)."""
     floor: float = 0.05
     """Minimum probability of every template after an update."""
-    beta: float = 5.0
-    """dpo: scale of the fitness-difference preference (logit units per phi)."""
+    beta: float = 1.0
+    """dpo: scale of the preference step (one generation moves a logit by at most beta * lr)."""
     learning_rate: float = 1.0
     """dpo: step size of the logit update."""
 

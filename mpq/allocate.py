@@ -27,6 +27,10 @@ result is the exact optimum (tests/test_allocate.py checks it by brute force).
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import os
+import sys
 import time
 from dataclasses import dataclass
 from typing import Sequence
@@ -120,8 +124,9 @@ def allocate(scores: Sequence[float], params: Sequence[int], budget: Budget | st
     # Scaled up so HiGHS's absolute gap tolerance cannot hide a better solution.
     cost = (normalize_scores(scores)[:, None] * noise).ravel()
     scale = 1e6 / max(float(cost.max()), 1e-300)
-    result = milp(c=cost * scale, constraints=constraints, integrality=np.ones(n * k),
-                  bounds=Bounds(0, allowed.ravel().astype(float)), options={"mip_rel_gap": 0})
+    with _silenced_stdout():
+        result = milp(c=cost * scale, constraints=constraints, integrality=np.ones(n * k),
+                      bounds=Bounds(0, allowed.ravel().astype(float)), options={"mip_rel_gap": 0})
     if result.x is None:
         raise AllocationError(f"no bit allocation meets budget {budget}"
                               + ("" if max_bops is None else f" and {max_bops:.4g} BOPs") + f": {result.message}")
@@ -129,6 +134,38 @@ def allocate(scores: Sequence[float], params: Sequence[int], budget: Budget | st
     bits = [cand[j] for j in choice]
     return summarize(bits, params, macs, act_bits, objective=float(cost.reshape(n, k)[np.arange(n), choice].sum()),
                      seconds=time.perf_counter() - start)
+
+
+@contextlib.contextmanager
+def _silenced_stdout():
+    """HiGHS (scipy 1.17) prints a debug line to the C stdout whatever ``disp`` says
+    ("HighsMipSolverData::transformNewIntegerFeasibleSolution tmpSolver.run();",
+    jump-dev/HiGHS.jl#312); it would corrupt ``--json`` output, so file descriptor 1
+    goes to /dev/null while the solver runs (C buffers flushed before it comes back)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):  # no real stdout (captured): nothing to protect
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(fd)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), fd)
+            try:
+                yield
+            finally:
+                _flush_c_stdout()
+                os.dup2(saved, fd)
+    finally:
+        os.close(saved)
+
+
+def _flush_c_stdout() -> None:
+    try:
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):
+        pass
 
 
 def _allowed(n: int, cand: list[int], min_bits: Sequence[int | None] | None) -> np.ndarray:

@@ -31,7 +31,7 @@ from torch import nn
 from mpq.allocate import Allocation, allocate, default_noise, normalize_scores
 from mpq.budget import parse_budget
 from mpq.cache import cached_json, weights_hash
-from mpq.features import LayerFeatures, extract_features
+from mpq.features import LayerFeatures, describe_layers, extract_features  # noqa: F401 (re-exported)
 from mpq.proxy import load_proxy, validate_scores
 from mpq.quant import EvalResult, QuantConfig, Quantizer, evaluate
 from mpq.task import Task

@@ -52,6 +52,8 @@ class QuantConfig:
     """Bits of every quantizable layer's input (per tensor); None = FP activations."""
     first_last_bits: int | None = None
     """Floor on the weight bits of the first and last layer; None = quantized like the rest."""
+    fold_bn: bool = True
+    """Fold BatchNorm into the convs before quantizing (False: quantize the raw conv weights, BN kept FP)."""
     mse_grid: int = 16
     """Clipping search for ``mse``: ``mse_grid`` coarse steps of max|w|, then as many fine ones."""
 
@@ -222,7 +224,8 @@ class Quantizer:
 
     def __init__(self, model: nn.Module, calib_images: torch.Tensor, config: QuantConfig = QuantConfig()):
         self.config = config
-        self.model = fold_batchnorm(model, calib_images[:1])
+        self.model = (fold_batchnorm(model, calib_images[:1]) if config.fold_bn
+                      else copy.deepcopy(model).eval())
         self.layers = quantizable_layers(self.model, calib_images[:1])
         self.names = [name for name, _ in self.layers]
         self._modules = dict(self.layers)

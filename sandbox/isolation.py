@@ -1,0 +1,146 @@
+"""Operating-system isolation used by the worker: mounts, limits, privileges.
+
+Standard library only. What the worker does with these, in order:
+
+1. ``lockdown_mounts`` (root in the slot's own mount namespace, started by
+   ``unshare``): a private tmpfs on /tmp (the slot's scratch) and /dev/shm,
+   tmpfs over the home directories (``~/.ssh`` disappears) with only the
+   interpreter, venv, project and data bound back, then every other mount
+   read-only. Nothing outside the scratch tmpfs can change.
+2. per evaluation, in the process that runs the proxy: ``set_limits`` (rlimits),
+   ``scrub_environment`` and a fresh empty working directory, then
+   ``drop_privileges`` to the ``nobody`` user (so RLIMIT_NPROC holds, the
+   worker cannot be signalled, root-owned files are out of reach).
+"""
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+from pathlib import Path
+
+from sandbox.protocol import Limits
+
+SANDBOX_UID = 65534
+"""``nobody``: the user the proxy runs as when the worker is root."""
+
+HIDDEN_DIRS = ("/root", "/home")
+"""Home directories replaced by an empty tmpfs inside the slot."""
+
+WRITABLE_MOUNTS = ("/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue")
+"""Mounts not remounted read-only (device nodes and the slot's private shm)."""
+
+MB = 1 << 20
+
+
+class LockdownError(RuntimeError):
+    """A mount step failed; the slot must not serve requests without it."""
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def lockdown_mounts(scratch: str, scratch_mb: int, keep: list[str]) -> list[str]:
+    """Make every mount read-only except a fresh tmpfs at ``scratch``.
+
+    ``keep``: paths under a hidden home directory that must stay readable
+    (interpreter, venv, project, data). Returns isolation notes.
+    """
+    _mount("--make-rprivate", "/")
+    _mount("-t", "tmpfs", "-o", f"size={scratch_mb}m,mode=1777,nosuid,nodev", "tmpfs", scratch)
+    _mount("-t", "tmpfs", "-o", f"size={scratch_mb}m,mode=1777,nosuid,nodev", "tmpfs", "/dev/shm")
+    hidden = [d for d in HIDDEN_DIRS if os.path.isdir(d)]
+    kept = sorted({os.path.realpath(p) for p in keep if _under(os.path.realpath(p), hidden)})
+    staging = os.path.join(scratch, ".keep")
+    for i, path in enumerate(kept):
+        os.makedirs(f"{staging}/{i}")
+        _mount("--rbind", path, f"{staging}/{i}")
+    for directory in hidden:
+        _mount("-t", "tmpfs", "-o", "size=1m,mode=755,nosuid,nodev", "tmpfs", directory)
+    for i, path in enumerate(kept):
+        os.makedirs(path, exist_ok=True)
+        _mount("--move", f"{staging}/{i}", path)
+    if kept:
+        for i in range(len(kept)):
+            os.rmdir(f"{staging}/{i}")
+        os.rmdir(staging)
+    readonly = [m for m in _mount_points() if m != scratch and m not in WRITABLE_MOUNTS]
+    for mount_point in readonly:
+        _mount("-o", "remount,bind,ro", mount_point)
+    return [f"mount namespace: {len(readonly)} mounts read-only, private tmpfs scratch "
+            f"{scratch} ({scratch_mb} MB), {', '.join(hidden) or 'no home'} hidden"]
+
+
+def set_limits(limits: Limits, *, address_space: bool = True) -> list[str]:
+    """rlimits for the process that runs the proxy (before dropping privileges)."""
+    cpu = int(limits.cpu_s)
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))  # SIGXCPU, then SIGKILL
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_size_mb * MB,) * 2)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limits.open_files,) * 2)
+    resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes,) * 2)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    notes = [f"rlimits: cpu {cpu} s, file size {limits.file_size_mb} MB, "
+             f"{limits.open_files} files, {limits.processes} processes"]
+    if address_space:
+        ceiling = _virtual_memory_bytes() + limits.memory_mb * MB
+        resource.setrlimit(resource.RLIMIT_AS, (ceiling, ceiling))
+        notes.append(f"address space: warm worker + {limits.memory_mb} MB")
+    else:
+        notes.append("no address-space limit (GPU drivers reserve large virtual ranges); "
+                     "memory is bounded by the container or machine")
+    return notes
+
+
+def drop_privileges() -> str:
+    """Become ``nobody`` when root; otherwise stay the (unprivileged) user we are."""
+    if not is_root():
+        return f"runs as uid {os.getuid()} (not root: no privilege drop needed or possible)"
+    os.setgroups([])
+    os.setgid(SANDBOX_UID)
+    os.setuid(SANDBOX_UID)
+    return f"runs as uid {SANDBOX_UID} (nobody)"
+
+
+def scrub_environment(home: str) -> None:
+    """Only what Python and torch need; no API keys, tokens or paths of the host."""
+    keep = {k: os.environ[k] for k in ("CUDA_VISIBLE_DEVICES", "LANG") if k in os.environ}
+    os.environ.clear()
+    os.environ.update(keep, HOME=home, TMPDIR=home, PATH="/usr/bin:/bin")
+
+
+def make_scratch(root: str) -> str:
+    """A fresh empty directory the proxy may write to (owned by the sandbox user)."""
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix="eval-", dir=root)
+    if is_root():
+        os.chown(path, SANDBOX_UID, SANDBOX_UID)
+    return path
+
+
+def _under(path: str, directories: list[str]) -> bool:
+    return any(path == d or path.startswith(d + "/") for d in directories)
+
+
+def _mount(*args: str) -> None:
+    done = subprocess.run(["mount", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise LockdownError(f"mount {' '.join(args)}: {done.stderr.strip()}")
+
+
+def _mount_points() -> list[str]:
+    """Mount points of this namespace, in mount order, without duplicates."""
+    points: list[str] = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = line.split()[4].replace("\\040", " ")
+        if point not in points:
+            points.append(point)
+    return points
+
+
+def _virtual_memory_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmSize:"):
+            return int(line.split()[1]) * 1024
+    return 0

@@ -1,0 +1,132 @@
+"""Process backend: each slot is ``python -m sandbox.worker`` in a child process.
+
+Where the platform allows it (root on Linux with util-linux ``unshare``), the
+worker starts in fresh network, mount and PID namespaces: no network at all,
+a private tmpfs scratch with everything else read-only (the worker locks its
+mounts down after loading), and every process of the slot dies with it.
+Elsewhere it is a plain child process, and the result's isolation notes say so.
+Either way: a scrubbed environment (no API keys), its own process group
+(killed as a whole), and the per-evaluation limits of ``sandbox.worker``.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from sandbox.channel import Channel
+from sandbox.protocol import Limits
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+NAMESPACES = ["--net", "--mount", "--pid", "--fork", "--mount-proc", "--kill-child"]
+
+
+@functools.lru_cache(maxsize=1)
+def namespace_support() -> tuple[bool, str]:
+    """Can this process start workers in new namespaces? (answer, why not)."""
+    if sys.platform != "linux":
+        return False, f"no Linux namespaces on {sys.platform}"
+    if os.geteuid() != 0:
+        return False, "not root: unshare of network/mount/PID namespaces is not allowed"
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return False, "util-linux unshare not found"
+    try:
+        probe = subprocess.run([unshare, *NAMESPACES, "true"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return False, f"unshare failed: {exc}"
+    if probe.returncode != 0:
+        return False, f"unshare failed: {probe.stderr.strip()[:200]}"
+    return True, ""
+
+
+def worker_environment(gpu: str | None = None) -> dict[str, str]:
+    """The worker's whole environment: nothing inherited (no keys, no tokens)."""
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(PROJECT_ROOT), "HOME": "/tmp",
+           "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    return env
+
+
+def worker_arguments(task: dict, limits: Limits, cache_dir: Path, *, lockdown: bool,
+                     mode: str = "auto") -> list[str]:
+    """``sandbox.worker`` arguments, shared by both backends."""
+    args = ["-m", "sandbox.worker", "--task", json.dumps(task), "--limits", json.dumps(limits.to_dict()),
+            "--cache-dir", str(cache_dir), "--mode", mode]
+    return args + (["--lockdown"] if lockdown else [])
+
+
+@dataclass(frozen=True)
+class ProcessLauncher:
+    """Starts one worker process for a slot."""
+
+    task: dict
+    limits: Limits
+    cache_dir: Path
+    gpu: str | None = None
+    mode: str = "auto"
+
+    def notes(self) -> list[str]:
+        ok, why = namespace_support()
+        if ok:
+            return ["process backend: new network, mount and PID namespaces (no network)"]
+        return [f"process backend without namespaces ({why}): network not isolated"]
+
+    def start(self) -> Channel:
+        ok, _ = namespace_support()
+        command = [sys.executable, *worker_arguments(self.task, self.limits, self.cache_dir,
+                                                     lockdown=ok, mode=self.mode)]
+        if ok:
+            command = [shutil.which("unshare"), *NAMESPACES, *command]
+        process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, env=worker_environment(self.gpu),
+                                   cwd="/", start_new_session=True)
+        return _process_channel(process)
+
+
+def _process_channel(process: subprocess.Popen) -> Channel:
+    out = process.stdout.fileno()
+
+    def read_chunk(timeout_s: float) -> bytes:
+        ready, _, _ = select.select([out], [], [], timeout_s)
+        if not ready:
+            raise TimeoutError
+        return os.read(out, 65536)
+
+    def write(data: bytes) -> None:
+        try:
+            process.stdin.write(data)
+            process.stdin.flush()
+        except (BrokenPipeError, ValueError):
+            pass  # the worker is gone; receive() will see the end of its output
+
+    def kill() -> None:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        process.wait()
+        for stream in (process.stdin, process.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+    channel = Channel(read_chunk, write, kill)
+
+    def drain_stderr() -> None:
+        for raw in iter(lambda: process.stderr.readline(65536), b""):
+            channel.note_stderr(raw.decode(errors="replace"))
+        process.stderr.close()
+
+    threading.Thread(target=drain_stderr, daemon=True).start()
+    return channel

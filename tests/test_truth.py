@@ -72,7 +72,7 @@ def test_ground_truth_is_cached_on_disk_and_reused(tmp_path, monkeypatch):
 
     # another quantizer config (or other images) is another key: recomputed, not confused
     with pytest.raises(AssertionError, match="recomputed"):
-        mpq.fitness.Evaluator.from_parts(*args, cache_dir=tmp_path, quant_config=QuantConfig(clipping="minmax"))
+        mpq.fitness.Evaluator.from_parts(*args, cache_dir=tmp_path, quant_config=QuantConfig(clipping="mse"))
 
 
 def test_cache_dir_defaults_to_the_environment(tmp_path, monkeypatch):

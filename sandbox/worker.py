@@ -338,7 +338,7 @@ def _start(args: argparse.Namespace, channel: Channel) -> Slot:
         scratch_root = tempfile.mkdtemp(prefix="tap-mpq-slot-")
         if isolation.is_root():
             os.chown(scratch_root, isolation.SANDBOX_UID, isolation.SANDBOX_UID)
-        notes.append("no mount namespace: writes outside the scratch dir are limited by the user's rights only")
+        notes.append(f"no mount lockdown by the worker; scratch dirs under {scratch_root}")
     if mode == "in-process":
         isolation.scrub_environment(scratch_root)
         notes += isolation.set_limits(limits, address_space=False)

@@ -7,18 +7,19 @@ Objective (HAWQ-V2, Dong et al. 2020, Eq. 6 shape: sensitivity x perturbation)::
               sum_l macs_l * b_l * a      <= BOPs budget            (optional)
               b_l in candidate bits (>= the layer's floor, if any)
 
-Why this penalty. Rounding a weight to b bits adds noise whose power scales as
-4**-b (the step halves with every bit), and to second order a layer's loss
-increase is its sensitivity times that noise power. So by default
-``noise(l, b) = 4 ** (b_min - b)``: a layer's penalty at the lowest candidate
-width is exactly its (normalised) score, and each extra bit divides it by 4. A
-proxy whose scores are the loss increases of its layers at b_min bits (what
-mpq.truth measures) then makes the program minimise the predicted total loss
-increase, which is the allocation one wants. The layer size enters only
-through the budget, so the proxy alone decides how much a layer's weights
+Why this penalty. Rounding to b bits adds noise whose power is proportional
+to the squared step, and mpq.quant's step is ``max|w| / (2**(b-1) - 1)``; to
+second order a layer's loss increase is its sensitivity times that noise power.
+So by default ``noise(l, b) = ((2**(b_min-1) - 1) / (2**(b-1) - 1)) ** 2``
+(1, 1/49, 1/16129 for 2, 4, 8 bits): a layer's penalty at the lowest candidate
+width is exactly its (normalised) score and shrinks as the quantizer's noise
+power does. A proxy whose scores are the loss increases of its layers at b_min
+bits (what mpq.truth measures) then makes the program minimise the predicted
+total loss increase, which is the allocation one wants. The layer size enters
+only through the budget, so the proxy alone decides how much a layer's weights
 matter (a proxy may fold ``params`` into its score if it wants). A measured
-noise table (e.g. each layer's relative weight MSE at each width) can be passed
-instead with ``noise=``.
+noise table (e.g. each layer's relative weight MSE at each width) can be
+passed instead with ``noise=``.
 
 Scores are made positive and scale-free first (``normalize_scores``), so any
 finite scores work; only their order and ratios matter.
@@ -78,9 +79,13 @@ def normalize_scores(scores: Sequence[float]) -> np.ndarray:
 
 
 def default_noise(num_layers: int, candidates: Sequence[int]) -> np.ndarray:
-    """noise[l, j] = 4 ** (min(candidates) - candidates[j]) (relative noise power)."""
+    """noise[l, j]: the quantizer's rounding-noise power at candidates[j] bits relative to the lowest
+    candidate, ((2**(b_min-1) - 1) / (2**(b-1) - 1)) ** 2, the same for every layer."""
     c = np.asarray(candidates, dtype=float)
-    return np.tile(4.0 ** (c.min() - c), (num_layers, 1))
+    if c.min() < 2:
+        raise AllocationError(f"candidate bits must be at least 2, got {sorted(candidates)}")
+    step = 1.0 / (2.0 ** (c - 1) - 1)
+    return np.tile((step / step[np.argmin(c)]) ** 2, (num_layers, 1))
 
 
 def allocate(scores: Sequence[float], params: Sequence[int], budget: Budget | str,

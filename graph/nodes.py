@@ -46,15 +46,23 @@ Evaluate = Callable[[str, str], dict]
 
 @dataclass
 class Clock:
-    """Wall time spent in the LLM and in evaluations (summed over threads)."""
+    """Where the run's time goes: summed seconds and the busy intervals (perf_counter)
+    of the LLM and of the sandbox slots, from all threads."""
 
     llm_s: float = 0.0
     eval_s: float = 0.0
+    wait_s: float = 0.0
+    final_s: float = 0.0
+    spans: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, what: str, seconds: float) -> None:
         with self._lock:
             setattr(self, what, getattr(self, what) + seconds)
+
+    def span(self, what: str, start: float, end: float) -> None:
+        with self._lock:
+            self.spans.setdefault(what, []).append((start, end))
 
 
 @dataclass
@@ -175,6 +183,7 @@ def _call_agent(ctx: Context, call: Callable) -> tuple[ProxyDraft, LLMCallRecord
         return NoDraft(getattr(err, "reason", None) or str(err), [_call_row(record)] if record else [])
     finally:
         ctx.clock.add("llm_s", time.perf_counter() - start)
+        ctx.clock.span("llm", start, time.perf_counter())
 
 
 def _draft_context(ctx: Context, library: list[ProxyRecord]) -> DraftContext:
@@ -217,7 +226,11 @@ def evaluate(attempt: Attempt, runtime: Runtime[Context]) -> Command:
             start = time.perf_counter()
             result = ctx.evaluate(pid, attempt["code"])
             result["wall_s"] = time.perf_counter() - start
-            ctx.clock.add("eval_s", result["wall_s"])
+            # Time in the slot vs. waiting for one (a slot warming up, or all busy).
+            inside = min((result.get("timings") or {}).get("roundtrip_s", result["wall_s"]), result["wall_s"])
+            ctx.clock.add("eval_s", inside)
+            ctx.clock.add("wait_s", result["wall_s"] - inside)
+            ctx.clock.span("eval", start + result["wall_s"] - inside, start + result["wall_s"])
         result = {**result, "proxy_id": pid, "candidate": spec["id"], "generation": spec["generation"],
                   "ast_hash": attempt["ast_hash"]}
         ctx.store.record_evaluation(_evaluation_row(result))
@@ -339,7 +352,9 @@ def after_select(state: SearchState, runtime: Runtime[Context]) -> list[str] | s
 def finalize(state: SearchState, runtime: Runtime[Context]) -> dict:
     """Best proxy -> its allocation -> the quantized model on the held-out test split -> report."""
     ctx = runtime.context
+    start = time.perf_counter()
     final = ctx.finalize(state, ctx) if ctx.finalize else {}
+    ctx.clock.add("final_s", time.perf_counter() - start)
     runtime.stream_writer({"event": "finalize", **{k: final.get(k) for k in ("test_acc", "avg_bits", "run_dir")}})
     return {"final": final}
 

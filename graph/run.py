@@ -36,21 +36,20 @@ from graph.tui import make_sink
 
 
 def main(argv: list[str] | None = None) -> int:
+    config = None
     try:
         config = parse_run_args(argv)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    try:
         result = execute(config)
-    except (LLMConfigError, LLMUnavailable) as err:
+    except (ConfigError, LLMConfigError, LLMUnavailable) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"interrupted; continue with: python -m graph.run --resume {config.run_id} "
-              f"--runs-dir {config.runs_dir}", file=sys.stderr)
+        if config is not None:
+            print(f"interrupted; continue with: python -m graph.run --resume {config.run_id} "
+                  f"--runs-dir {config.runs_dir}", file=sys.stderr)
         return 130
     if config.json:
+        result.pop("spans", None)
         print(json.dumps(result, indent=2))
     return 0
 
@@ -58,27 +57,27 @@ def main(argv: list[str] | None = None) -> int:
 def execute(config: RunConfig, evaluator: contextlib.AbstractContextManager | None = None) -> dict:
     """Run (or continue) the search to the end; returns the summary printed by ``--json``.
 
-    ``evaluator`` replaces the sandbox pool (a context manager yielding an
-    Evaluate function); the CLI always uses the sandbox.
+    Model, data and prompts are loaded before the run folder is created, so
+    bad input leaves nothing behind. ``evaluator`` replaces the sandbox pool
+    (a context manager yielding an Evaluate function); the CLI always uses
+    the sandbox.
     """
+    start = time.perf_counter()
+    prompts = PromptSet.load(config.prompts_dir)
+    task_model = load_task_model(config)
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=config.resume)
     store = RunStore.open(db_path(config.runs_dir, config.run_id))
     saver_conn = connect(db_path(config.runs_dir, config.run_id))
     graph = build_graph(SqliteSaver(saver_conn))
     thread = thread_config(config.run_id)
-    start = time.perf_counter()
-    prompts = PromptSet.load(config.prompts_dir)
     if not config.resume:
         initial = _initial_state(config, store)
         store.record_run(_run_row(config, prompts))
     else:
         initial = None if graph.get_state(thread).values else _initial_state(config, store)
-    from graph.final import TaskModel
-
-    task_model = TaskModel(config.task)
     llm_settings = dataclasses.replace(config.llm, log_dir=str(run_dir))
-    clock, status = Clock(), "interrupted"
+    clock, status, timings = Clock(), "interrupted", {}
     try:
         with open_llm(llm_settings) as llm, (evaluator or open_sandbox(config)) as evaluate, \
                 make_sink(config.tui) as sink:
@@ -86,6 +85,7 @@ def execute(config: RunConfig, evaluator: contextlib.AbstractContextManager | No
                           draft_context=DraftContext(task=describe_task(config.task),
                                                      layers=task_model.describe_layers()),
                           clock=clock, finalize=lambda state, c: _finalize(state, c, task_model))
+            timings["setup_s"] = time.perf_counter() - start
             sink.emit({"event": "run", "run_id": config.run_id, "model": config.task.model,
                        "llm": config.llm.spec, "generations": config.search.generations,
                        "population": config.search.population})
@@ -93,12 +93,26 @@ def execute(config: RunConfig, evaluator: contextlib.AbstractContextManager | No
                 sink.emit(event)
         status = "finished"
     finally:
-        timings = {"wall_s": time.perf_counter() - start, "llm_s": clock.llm_s, "eval_s": clock.eval_s}
-        store.set_run_status(config.run_id, status, timings)
+        timings.update({"wall_s": time.perf_counter() - start, "llm_s": clock.llm_s, "eval_s": clock.eval_s,
+                        "wait_s": clock.wait_s, "final_s": clock.final_s})
+        store.set_run_status(config.run_id, status, {k: timings[k] for k in ("wall_s", "llm_s", "eval_s")})
         store.close()
         saver_conn.close()
     final = graph_state_final(config)
-    return {"run_id": config.run_id, "run_dir": str(run_dir), "status": status, "timings": timings, **final}
+    return {"run_id": config.run_id, "run_dir": str(run_dir), "status": status, "timings": timings,
+            "spans": {k: [(a - start, b - start) for a, b in v] for k, v in clock.spans.items()}, **final}
+
+
+def load_task_model(config: RunConfig):
+    """Model, data and calibration batch of the task; their errors are bad input."""
+    from graph.final import TaskModel
+    from mpq.data import DataError
+    from mpq.models import ModelError
+
+    try:
+        return TaskModel(config.task)
+    except (ModelError, DataError) as err:
+        raise ConfigError(str(err).splitlines()[0]) from None
 
 
 def graph_state_final(config: RunConfig) -> dict:
@@ -173,7 +187,7 @@ def open_sandbox(config: RunConfig) -> Iterator[Evaluate]:
     with EvaluatorPool(config.task, backend=config.sandbox, workers=config.workers, limits=limits) as pool:
         def evaluate(proxy_id: str, source: str) -> dict:
             with slots:
-                return dataclasses.asdict(pool.evaluate(source))
+                return dataclasses.asdict(pool.evaluate(source, proxy_id))
         yield evaluate
 
 

@@ -205,8 +205,14 @@ class RunStore:
         return rows[-1]
 
     def evaluation_by_hash(self, ast_hash: str) -> dict | None:
-        """An earlier evaluation of the same proxy (same AST hash), if any."""
-        found = self.rows("evaluations", "ast_hash = ? and reused_from is null", [ast_hash], order_by="finished")
+        """An earlier evaluation of the same proxy (same AST hash), if any.
+
+        Only outcomes that belong to the code are reused: ``ok`` and ``rejected``
+        (static gate). An error, timeout or kill may be the slot's fault, so the
+        same proxy drafted again gets a fresh evaluation.
+        """
+        found = self.rows("evaluations", "ast_hash = ? and reused_from is null and status in ('ok', 'rejected')",
+                          [ast_hash], order_by="finished")
         return found[0] if found else None
 
     def count(self, table: str) -> int:

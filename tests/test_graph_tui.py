@@ -1,0 +1,58 @@
+"""The live view and the plain log are two renderings of one event stream."""
+import io
+
+from rich.console import Console
+
+from graph.tui import LiveSink, PlainSink, RunView
+
+EVENTS = [
+    {"event": "run", "run_id": "r1", "model": "mobilenetv2", "llm": "scripted:x", "generations": 2, "population": 2},
+    {"event": "generation", "generation": 0, "operators": [{"id": "g0-c0", "operator": "init"},
+                                                           {"id": "g0-c1", "operator": "init"}]},
+    {"event": "draft", "id": "g0-c0", "operator": "init"},
+    {"event": "eval_start", "id": "g0-c0", "attempt": 0},
+    {"event": "eval_done", "id": "g0-c0", "attempt": 0, "status": "ok", "phi": 0.91234, "rho_sens": 0.5,
+     "acc_quant": 0.96, "error": "", "reused": False, "final": True},
+    {"event": "eval_done", "id": "g0-c1", "attempt": 0, "status": "error", "phi": None, "rho_sens": None,
+     "acc_quant": None, "error": "AttributeError: weights", "reused": False, "final": False},
+    {"event": "repair", "id": "g0-c1", "attempt": 1, "error": "AttributeError: weights"},
+    {"event": "eval_done", "id": "g0-c1", "attempt": 1, "status": "ok", "phi": 0.5, "rho_sens": 0.1,
+     "acc_quant": 0.54, "error": "", "reused": False, "final": True},
+    {"event": "select", "generation": 0, "probs": {"init": 0.5, "mutation": 0.3, "crossover": 0.2},
+     "population": [{"id": "g0-c0", "operator": "init", "status": "ok", "phi": 0.91234, "rho_sens": 0.5,
+                     "acc_quant": 0.96}],
+     "best": {"id": "g0-c0", "phi": 0.91234, "code": "def score(layer):\n    return 1.0\n"}},
+    {"event": "finalize", "test_acc": 0.95, "avg_bits": 3.0, "run_dir": "runs/r1"},
+]
+
+
+def test_view_folds_events():
+    view = RunView()
+    for e in EVENTS:
+        view.apply(e)
+    assert view.finished == 2 and view.planned == 2 and not view.in_flight
+    assert view.best["id"] == "g0-c0" and view.probs["init"] == 0.5
+    assert any("repair 1" in line for line in view.log)
+
+
+def test_live_layout_renders_state():
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=True, width=140, height=50, color_system=None)
+    with LiveSink(console) as sink:
+        for e in EVENTS:
+            sink.emit(e)
+    screen = buf.getvalue()
+    for text in ("r1", "mobilenetv2", "g0-c0", "0.912", "template probabilities", "mutation", "repair 1",
+                 "def score"):
+        assert text in screen, text
+
+
+def test_plain_lines():
+    buf = io.StringIO()
+    sink = PlainSink(Console(file=buf, width=200, color_system=None))
+    for e in EVENTS:
+        sink.emit(e)
+    lines = buf.getvalue().splitlines()
+    assert "g0-c0.0: ok phi=0.912 rho=0.500 acc=0.960" in lines
+    assert any(l.startswith("g0-c1: critic repair 1 after: AttributeError") for l in lines)
+    assert any("final: test top-1 0.950" in l for l in lines)

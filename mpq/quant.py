@@ -285,8 +285,8 @@ class Quantizer:
             if self.config.bias_correction:
                 with torch.no_grad():
                     shift = layer_op(self._modules[name], self._inputs[name], wq - w)
-                    dims = [d for d in range(shift.dim()) if d != 1]
-                    b = b - shift.mean(dim=dims)
+                    channel = 1 if isinstance(self._modules[name], nn.Conv2d) else shift.dim() - 1
+                    b = b - shift.mean(dim=[d for d in range(shift.dim()) if d != channel])
             self._cache[key] = (wq, b)
         return self._cache[key]
 

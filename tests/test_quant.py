@@ -133,3 +133,27 @@ def test_first_last_floor_and_uint8_evaluation():
     assert a.top1 == b.top1 and a.loss == pytest.approx(b.loss, rel=1e-5) and a.images == 200
     with pytest.raises(ValueError, match="mean and std"):
         evaluate(s.model, val.images, val.labels)
+
+
+class _TokenModel(nn.Module):
+    """Linear layers on [N, tokens, features] inputs, as in a vision transformer."""
+
+    def __init__(self):
+        super().__init__()
+        self.mix, self.head = nn.Linear(28, 16), nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.mix(x.flatten(1, 2))).mean(dim=1))
+
+
+def test_token_linear_layers_quantize_with_bias_correction():
+    from mpq.features import extract_features
+    torch.manual_seed(0)
+    model, x, y = _TokenModel().eval(), torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    q = Quantizer(model, x, QuantConfig(bias_correction=True, act_bits=None))
+    mix = dict(q.layers)["mix"]
+    fp_mean = mix(x.flatten(1, 2)).mean(dim=(0, 1))
+    q.apply({"mix": 2})
+    assert (mix(x.flatten(1, 2)).mean(dim=(0, 1)) - fp_mean).abs().max() < 1e-4
+    feats = extract_features(model, x, y)
+    assert [f.kind for f in feats] == ["linear", "linear"] and feats[0].macs == 28 * 28 * 16

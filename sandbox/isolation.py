@@ -65,7 +65,10 @@ def lockdown_mounts(scratch: str, scratch_mb: int, keep: list[str]) -> list[str]
         for i in range(len(kept)):
             os.rmdir(f"{staging}/{i}")
         os.rmdir(staging)
-    readonly = [m for m in _mount_points() if m != scratch and m not in WRITABLE_MOUNTS]
+    shadowed = [scratch, "/dev/shm", *hidden]  # what was mounted under these is hidden now
+    readonly = [m for m in _mount_points()
+                if m not in WRITABLE_MOUNTS and m != scratch
+                and (not _under(m, shadowed) or _under(m, kept) or m in hidden)]
     for mount_point in readonly:
         _mount("-o", "remount,bind,ro", mount_point)
     return [f"mount namespace: {len(readonly)} mounts read-only, private tmpfs scratch "

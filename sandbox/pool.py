@@ -122,7 +122,9 @@ class EvaluatorPool:
 
     def __init__(self, task, backend: str = "auto", workers: int | None = None, limits: Limits = Limits(), *,
                  cache_dir: Path | None = None, gpus: list[str] | None = None, docker=None,
-                 progress: Progress | None = None, log: Log = _stderr_log):
+                 worker_mode: str = "auto", progress: Progress | None = None, log: Log = _stderr_log):
+        """``worker_mode``: ``auto`` (fork per evaluation on CPU, in-process on GPU), or
+        ``fork`` / ``in-process`` to force one (tests run the GPU path on a CPU)."""
         from mpq.cache import default_cache_dir
 
         self.task = task
@@ -131,7 +133,7 @@ class EvaluatorPool:
         cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         gpus = list(gpus or [])
         count = workers or max(1, len(gpus))
-        self._launchers = [self._launcher(cache_dir, gpus[i % len(gpus)] if gpus else None, docker)
+        self._launchers = [self._launcher(cache_dir, gpus[i % len(gpus)] if gpus else None, docker, worker_mode)
                            for i in range(count)]
         self._progress = progress or (lambda slot, done, total: None)
         self._requests: queue.Queue = queue.Queue()
@@ -143,14 +145,14 @@ class EvaluatorPool:
         for thread in self._threads:
             thread.start()
 
-    def _launcher(self, cache_dir: Path, gpu: str | None, docker) -> Launcher:
+    def _launcher(self, cache_dir: Path, gpu: str | None, docker, mode: str) -> Launcher:
         if self.backend == "docker":
             from sandbox.docker_backend import DockerLauncher, DockerSettings
 
-            return DockerLauncher(self.task.to_dict(), self.limits, cache_dir, docker or DockerSettings(), gpu)
+            return DockerLauncher(self.task.to_dict(), self.limits, cache_dir, docker or DockerSettings(), gpu, mode)
         from sandbox.process_backend import ProcessLauncher
 
-        return ProcessLauncher(self.task.to_dict(), self.limits, cache_dir, gpu)
+        return ProcessLauncher(self.task.to_dict(), self.limits, cache_dir, gpu, mode)
 
     # --- public interface
 

@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml Makefile
 	@touch $(STAMP)
 
 run: install
-	$(PY) -m mpq.leaderboard --model mobilenetv2 --dataset embedded --budget 3avg
+	$(PY) -m graph.run $(RUN_ARGS)
 
 test: install
 	$(PY) -m pytest

@@ -1,0 +1,17 @@
+"""Orchestration of the TAP search: the only package that holds run state and
+writes the database.
+
+| module | job |
+|---|---|
+| `config.py` | command line -> one frozen `RunConfig` (bad input: one line, exit 2) |
+| `controller.py` | template weights: paper Eq. 7/8 (degenerate cases handled) or Bradley-Terry pairs |
+| `state.py` | the checkpointed state (TypedDicts with reducers), population and library rules |
+| `nodes.py` | controller, proposer / mutator / crossover, evaluate, critic, select, finalize |
+| `build.py` | the LangGraph wiring |
+| `store.py` | `runs/<run-id>/run.db`: domain tables next to LangGraph's checkpoints |
+| `final.py` | layer table for the prompts; the best allocation on the held-out test split |
+| `report.py` | `best_proxy.py`, `bits.json`, `report.md` with PNG plots |
+| `tui.py` | rich live view / plain log lines, both fed by the same events |
+| `run.py` | `python -m graph.run`: start, `--resume`, `--branch` |
+| `runs.py` | `python -m graph.runs list / show / replay` |
+"""

@@ -67,6 +67,7 @@ def execute(config: RunConfig, evaluator: contextlib.AbstractContextManager | No
     task_model = load_task_model(config)
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=config.resume)
+    lock = hold_run_lock(run_dir)
     store = RunStore.open(db_path(config.runs_dir, config.run_id))
     saver_conn = connect(db_path(config.runs_dir, config.run_id))
     graph = build_graph(SqliteSaver(saver_conn))
@@ -98,9 +99,24 @@ def execute(config: RunConfig, evaluator: contextlib.AbstractContextManager | No
         store.set_run_status(config.run_id, status, {k: timings[k] for k in ("wall_s", "llm_s", "eval_s")})
         store.close()
         saver_conn.close()
+        lock.close()
     final = graph_state_final(config)
     return {"run_id": config.run_id, "run_dir": str(run_dir), "status": status, "timings": timings,
             "spans": {k: [(a - start, b - start) for a, b in v] for k, v in clock.spans.items()}, **final}
+
+
+def hold_run_lock(run_dir: Path):
+    """An exclusive lock on the run folder for this process's lifetime (released by the
+    kernel even on kill -9), so two processes never continue one run at once."""
+    import fcntl
+
+    handle = open(run_dir / "run.lock", "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise ConfigError(f"run {run_dir.name!r} is in use by another process") from None
+    return handle
 
 
 def load_task_model(config: RunConfig):

@@ -67,13 +67,15 @@ def replay_events(data: dict, generation: int | None = None) -> Iterator[dict]:
             continue
         yield {"event": "generation", "generation": g, "operators": gen["plan"] or []}
         evals = [e for e in data["evaluations"] if e["generation"] == g]
-        last = {}
+        last, reason = {}, {}
         for e in evals:
             last[e["candidate"]] = e["proxy_id"]
         for e in evals:
             attempt = _attempt(e["proxy_id"])
             if attempt:
-                yield {"event": "repair", "id": e["candidate"], "attempt": attempt, "error": ""}
+                yield {"event": "repair", "id": e["candidate"], "attempt": attempt,
+                       "error": reason.get(e["candidate"], "")}
+            reason[e["candidate"]] = (e["reason"] or "").splitlines()[0] if e["reason"] else ""
             yield {"event": "eval_done", "id": e["candidate"], "attempt": attempt, "status": e["status"],
                    "phi": e["phi"], "rho_sens": e["rho_sens"], "acc_quant": e["acc_quant"],
                    "error": (e["reason"] or "").splitlines()[0] if e["reason"] else "",

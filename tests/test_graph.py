@@ -233,5 +233,7 @@ def test_branch_generation_out_of_range(setup, base_run, capsys):
     assert run_main(["--branch", "base@7", "--runs-dir", str(setup["runs"])]) == 2
     err = capsys.readouterr().err.strip()
     assert "out of range" in err and len(err.splitlines()) == 1
+    assert run_main(["--branch", "base@0", "--budget", "4avg", "--runs-dir", str(setup["runs"])]) == 2
+    assert "keeps the parent's task" in capsys.readouterr().err
     assert sorted(p.name for p in setup["runs"].iterdir()) == before
     assert runs_main(["--runs-dir", str(setup["runs"]), "replay", "nope"]) == 2

@@ -18,6 +18,7 @@ the host's /usr, Python and venv mounted read-only.
 """
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import select
@@ -137,9 +138,7 @@ def client(docker_host: str | None = None, timeout: int = 10):
 
 def engine_answers(docker_host: str | None = None) -> tuple[bool, str]:
     """(does a Docker engine answer, a line saying which or why not)."""
-    try:
-        import docker  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("docker") is None:
         return False, "the docker Python package is not installed"
     try:
         engine = client(docker_host, timeout=3)

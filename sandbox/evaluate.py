@@ -11,8 +11,9 @@ import json
 import sys
 from pathlib import Path
 
+from sandbox.gate import GateRejection, check_source
 from sandbox.pool import BACKENDS, EvaluatorPool, PoolError
-from sandbox.protocol import Limits, result_to_json
+from sandbox.protocol import Limits, failure, result_to_json
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -76,6 +77,12 @@ def main(argv: list[str] | None = None) -> int:
               end="\n" if done == total else "", file=sys.stderr, flush=True)
 
     limits = dataclasses.replace(Limits(), timeout_s=args.timeout)
+    try:
+        check_source(source)  # a rejection needs no evaluator slot
+    except GateRejection as exc:
+        result = failure(args.proxy.stem, "rejected", str(exc))
+        print(result_to_json(result) if args.json else _report(result))
+        return 1
     try:
         with EvaluatorPool(task, backend=args.sandbox, workers=1, limits=limits, cache_dir=args.cache_dir,
                            progress=progress) as pool:

@@ -113,6 +113,12 @@ class SlotConnection:
         result = result_from_json(line, request.id)
         return validate(dataclasses.replace(result, isolation_notes=self.notes), self.ready.num_layers)
 
+    def wait_ready(self, timeout_s: float | None = None) -> bool:
+        """Block until every slot has finished its first start (warm or failed)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        return all(event.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+                   for event in self._warm)
+
     def close(self) -> None:
         self.channel.kill()
 
@@ -141,6 +147,7 @@ class EvaluatorPool:
         self._pending = 0
         self._lock = threading.Lock()
         self.restarts = 0
+        self._warm = [threading.Event() for _ in range(count)]
         self._threads = [threading.Thread(target=self._serve, args=(i,), daemon=True) for i in range(count)]
         for thread in self._threads:
             thread.start()
@@ -184,6 +191,12 @@ class EvaluatorPool:
         self._enqueue(self.request(source, request_id), future)
         return future.result()
 
+    def wait_ready(self, timeout_s: float | None = None) -> bool:
+        """Block until every slot has finished its first start (warm or failed)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        return all(event.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+                   for event in self._warm)
+
     def close(self) -> None:
         for _ in self._threads:
             self._requests.put(None)
@@ -222,6 +235,7 @@ class EvaluatorPool:
 
     def _serve(self, index: int) -> None:
         slot, why = self._start(index)  # warm before the first request arrives
+        self._warm[index].set()
         try:
             while (item := self._requests.get()) is not None:
                 request, future = item

@@ -161,29 +161,40 @@ class Slot:
         soft = int(used + request.limits.cpu_s)
         resource.setrlimit(resource.RLIMIT_CPU, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
         os.chdir(scratch)
-        signal.signal(signal.SIGALRM, _alarm)
-        signal.setitimer(signal.ITIMER_REAL, request.limits.timeout_s)
+        alarm = _Alarm(request.limits.timeout_s)
         try:
             scores, score_s = proxy_scores(self.evaluator, request.proxy_source)
-        except ProxyError as exc:
-            return failure(request.id, "error", exc.reason, exc.traceback_tail)
-        except ProxyTimeout:
-            return failure(request.id, "timeout", f"wall-clock limit of {request.limits.timeout_s:g} s exceeded")
         except BaseException as exc:  # noqa: BLE001 - the proxy's failure, not the worker's
+            if alarm.rang:  # load_proxy turns the alarm into a ProxyError; it is a timeout
+                return failure(request.id, "timeout", f"wall-clock limit of {request.limits.timeout_s:g} s exceeded")
+            if isinstance(exc, ProxyError):
+                return failure(request.id, "error", exc.reason, exc.traceback_tail)
             return failure(request.id, "error", f"{type(exc).__name__}: {exc}", traceback.format_exc())
         finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
+            alarm.cancel()
             os.chdir("/")
             shutil.rmtree(scratch, ignore_errors=True)
         return self._fitness_of(request.id, scores, score_s)
 
 
 class ProxyTimeout(BaseException):
-    """Raised in the proxy's frame by SIGALRM (in-process mode); the pool kills what ignores it."""
+    """Raised in the proxy's frame when its time is up (in-process mode)."""
 
 
-def _alarm(signum, frame):
-    raise ProxyTimeout()
+class _Alarm:
+    """SIGALRM after ``seconds``; the pool kills a slot whose proxy swallows it."""
+
+    def __init__(self, seconds: float):
+        self.rang = False
+        signal.signal(signal.SIGALRM, self._ring)
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+
+    def _ring(self, signum, frame):
+        self.rang = True
+        raise ProxyTimeout()
+
+    def cancel(self) -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
 
 
 def proxy_scores(evaluator, source: str) -> tuple[list[float], float]:

@@ -1,0 +1,225 @@
+"""The process-backend pool on the real evaluator (MobileNetV2, embedded data set):
+pool mechanics, and the corpus of hostile proxies in tests/hostile/.
+
+One warm pool serves the whole module, as in a search: every hostile proxy is
+followed by a check that the same slots still answer.
+"""
+import dataclasses
+import os
+import pwd
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mpq.task import Task
+from sandbox.gate import GateRejection, check_source
+from sandbox.pool import EvaluatorPool, PoolError
+from sandbox.process_backend import namespace_support
+from sandbox.protocol import Limits
+
+HOSTILE = Path(__file__).parent / "hostile"
+TASK = Task(eval_limit=32)
+LIMITS = Limits(timeout_s=4, cpu_s=20, memory_mb=1024, startup_s=900)
+GOOD = (Path(__file__).parent.parent / "mpq" / "proxies" / "weight_norm.py").read_text()
+ALIVE = "def score(layer):\n    raise ValueError('alive at depth %d' % layer.depth)\n"
+SECRET = "sk-hostile-test-secret-4242"
+CANARY = "tap_mpq_hostile_canary"
+CANARIES = [Path("/tmp", CANARY), Path("/var/tmp", CANARY), Path("/dev/shm", CANARY),
+            Path(pwd.getpwuid(0).pw_dir, CANARY), Path(torch.__file__).parent.parent / CANARY]
+SECRET_FILE = Path(pwd.getpwuid(os.getuid()).pw_dir, ".tap_mpq_hostile_secret")
+
+# file -> (the gate's rule, or None where it passes; statuses allowed once it runs)
+CORPUS = {
+    "write_outside": ("import", {"error"}),
+    "read_secrets": ("import", {"error"}),
+    "open_socket": ("import", {"error"}),
+    "fork_bomb": ("import", {"error", "killed", "timeout"}),
+    "memory_bomb": (None, {"error", "killed"}),
+    "infinite_loop": (None, {"timeout"}),
+    "deep_recursion": (None, {"error"}),
+    "c_stack_overflow": ("import", {"error", "killed", "timeout"}),
+    "sys_exit": ("import", {"error"}),
+    "hard_exit": ("import", {"killed"}),
+    "kill_parent": ("import", {"error", "killed"}),  # killpg(0) inside the namespace: itself
+    "signal_handlers": ("import", {"timeout"}),
+    "dunder_escape": ("dunder", {"error"}),
+    "getattr_escape": ("dunder", {"error"}),
+    "format_escape": ("dunder", {"error"}),
+    "torch_escape": ("denied", {"error"}),
+    "huge_output": (None, {"ok"}),
+    "nan_scores": (None, {"error"}),
+    "wrong_length": (None, {"error"}),
+    "not_numbers": (None, {"error"}),
+}
+
+
+@pytest.fixture(scope="module")
+def pool():
+    for path in CANARIES:  # leftovers of an earlier broken run would hide a new escape
+        path.unlink(missing_ok=True)
+    os.environ["TAP_MPQ_HOSTILE_API_KEY"] = SECRET
+    SECRET_FILE.write_text(SECRET)
+    try:
+        with EvaluatorPool(TASK, backend="process", workers=2, limits=LIMITS) as pool:
+            assert pool.wait_ready(900)
+            yield pool
+    finally:
+        os.environ.pop("TAP_MPQ_HOSTILE_API_KEY", None)
+        SECRET_FILE.unlink(missing_ok=True)
+
+
+def ungated(pool, source, request_id):
+    request = pool.request(source, request_id)
+    return dataclasses.replace(request, limits=dataclasses.replace(request.limits, static_gate=False))
+
+
+def run_one(pool, request):
+    pool.submit(request)
+    (result,) = list(pool.results())
+    assert result.id == request.id
+    return result
+
+
+# --- mechanics ----------------------------------------------------------------------
+
+def test_a_baseline_is_judged_with_every_field(pool):
+    result = pool.evaluate(GOOD, "weight_norm")
+    assert result.status == "ok", result.reason
+    assert result.id == "weight_norm"
+    assert len(result.scores) == len(result.bits) == 53
+    assert set(result.bits.values()) <= {2, 4, 8} and abs(result.avg_bits - 3.0) < 0.05
+    assert -1 <= result.rho_sens <= 1 and 0 <= result.acc_quant <= 1
+    assert result.phi == pytest.approx(0.1 * result.rho_sens + 0.9 * result.acc_quant)
+    assert {"score_s", "allocate_s", "quantize_s", "eval_s", "sandbox_s", "roundtrip_s"} <= set(result.timings)
+    assert any("fork mode" in note for note in result.isolation_notes)
+
+
+def test_the_sandbox_gives_the_same_fitness_as_the_evaluator_in_process(pool):
+    from mpq.fitness import Evaluator
+
+    direct = Evaluator(TASK).evaluate(GOOD)
+    sandboxed = pool.evaluate(GOOD)
+    assert sandboxed.scores == pytest.approx(direct.scores)
+    assert (sandboxed.phi, sandboxed.bits) == (pytest.approx(direct.phi), direct.bits)
+
+
+def test_results_come_in_completion_order_with_their_ids(pool):
+    pool.submit(pool.request((HOSTILE / "infinite_loop.py").read_text(), "slow"))
+    pool.submit(pool.request(ALIVE, "quick"))
+    pool.submit(pool.request("import os\ndef score(l): return 1\n", "refused"))
+    results = list(pool.results())
+    assert [r.id for r in results] == ["refused", "quick", "slow"]
+    assert [r.status for r in results] == ["rejected", "error", "timeout"]
+    assert "alive" in results[1].reason and "rule 'import'" in results[0].reason
+
+
+def test_namespaces_are_used_or_their_absence_is_said(pool):
+    notes = " ".join(pool.evaluate(ALIVE).isolation_notes)
+    available, why = namespace_support()
+    if available:
+        assert "network, mount and PID namespaces" in notes and "read-only" in notes and "nobody" in notes
+    else:
+        assert why in notes
+
+
+def test_an_unknown_backend_is_refused():
+    with pytest.raises(PoolError, match="unknown sandbox backend"):
+        EvaluatorPool(TASK, backend="vm")
+
+
+# --- the hostile corpus -------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(CORPUS))
+def test_the_gate_rejects_or_passes_each_hostile_proxy(name):
+    rule, _ = CORPUS[name]
+    source = (HOSTILE / f"{name}.py").read_text()
+    if rule is None:
+        check_source(source)
+        return
+    with pytest.raises(GateRejection) as caught:
+        check_source(source)
+    assert caught.value.rule == rule
+
+
+@pytest.mark.parametrize("name", sorted(CORPUS))
+def test_each_hostile_proxy_is_contained_without_the_gate(pool, name):
+    _, allowed = CORPUS[name]
+    listener = socket.create_server(("127.0.0.1", 48765)) if name == "open_socket" else None
+    try:
+        result = run_one(pool, ungated(pool, (HOSTILE / f"{name}.py").read_text(), name))
+        if listener is not None:
+            listener.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                listener.accept()  # nobody connected
+    finally:
+        if listener is not None:
+            listener.close()
+    assert result.status in allowed, (result.status, result.reason)
+    leaked = [str(p) for p in CANARIES if p.exists()]
+    assert not leaked, f"{name} wrote outside its scratch dir: {leaked}"
+    assert SECRET not in result.reason + result.traceback_tail
+    if result.status == "ok":
+        assert len(result.scores) == 53
+    # the orchestrator is alive, and so are the slots: the next evaluation is served
+    after = pool.evaluate(ALIVE)
+    assert after.status == "error" and "alive at depth 0" in after.reason
+
+
+def test_a_gated_pool_rejects_before_any_slot_runs(pool):
+    result = pool.evaluate((HOSTILE / "write_outside.py").read_text(), "w")
+    assert result.status == "rejected" and "rule 'import'" in result.reason and result.timings == {}
+
+
+def test_after_the_corpus_the_warm_slots_still_judge_proxies(pool):
+    result = pool.evaluate(GOOD)
+    assert result.status == "ok" and pool.restarts == 0
+
+
+# --- the GPU path (in-process slots), exercised on the CPU --------------------------
+
+def test_in_process_slot_is_replaced_when_the_proxy_kills_it():
+    with EvaluatorPool(TASK, backend="process", workers=1, limits=LIMITS, worker_mode="in-process") as pool:
+        loop = pool.evaluate((HOSTILE / "infinite_loop.py").read_text())
+        assert loop.status == "timeout" and pool.restarts == 0
+        killed = run_one(pool, ungated(pool, (HOSTILE / "hard_exit.py").read_text(), "exit"))
+        assert killed.status == "killed" and "slot died" in killed.reason
+        assert pool.restarts == 1
+        after = pool.evaluate(GOOD)
+        assert after.status == "ok", after.reason
+        assert any("in-process mode" in note for note in after.isolation_notes)
+
+
+# --- the command -------------------------------------------------------------------
+
+def run_cli(*args):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    return subprocess.run([sys.executable, "-m", "sandbox.evaluate", *args], capture_output=True, text=True,
+                          env=env, timeout=900)
+
+
+def test_evaluate_command_prints_the_result_as_json(tmp_path):
+    import json
+
+    proxy = tmp_path / "mine.py"
+    proxy.write_text(GOOD)
+    done = run_cli(str(proxy), "--model", "mobilenetv2", "--dataset", "embedded", "--budget", "4avg",
+                   "--eval-limit", "32", "--sandbox", "process", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["status"] == "ok" and result["id"] == "mine" and abs(result["avg_bits"] - 4.0) < 0.05
+
+
+def test_evaluate_command_reports_a_rejection_and_bad_input(tmp_path):
+    proxy = tmp_path / "bad.py"
+    proxy.write_text("import os\ndef score(l): return 1\n")
+    rejected = run_cli(str(proxy), "--sandbox", "process", "--eval-limit", "32")
+    assert rejected.returncode == 1 and "status: rejected" in rejected.stdout and "rule 'import'" in rejected.stdout
+    for args, message in [((str(tmp_path / "missing.py"),), "No such file"),
+                          ((str(proxy), "--model", "alexnet"), "unknown model"),
+                          ((str(proxy), "--budget", "lots"), "bad budget")]:
+        done = run_cli(*args)
+        assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1

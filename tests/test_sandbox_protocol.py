@@ -1,0 +1,151 @@
+"""The sandbox's wire format and static gate: pure functions, no processes."""
+import json
+import math
+
+import pytest
+
+from sandbox.gate import MAX_SOURCE_BYTES, GateRejection, check_source
+from sandbox.protocol import (
+    EvaluationRequest, EvaluationResult, Limits, ProtocolError, SlotMessage, request_from_json,
+    request_to_json, result_from_json, result_to_json, slot_message_from_json, slot_message_to_json,
+    validate,
+)
+from sandbox.worker import Slot
+
+GOOD = "import math\nimport torch\n\ndef score(layer):\n    return float(layer.weight.norm()) * math.exp(-layer.depth)\n"
+
+
+def ok_result(scores, **kw):
+    return EvaluationResult(id="r", status="ok", scores=scores, rho_sens=0.5, acc_quant=0.9, phi=0.86, **kw)
+
+
+# --- wire format ---------------------------------------------------------------
+
+def test_request_round_trips_through_one_json_line():
+    request = EvaluationRequest(id="a1", proxy_source=GOOD, task={"model": "mobilenetv2", "bits": [2, 4, 8]},
+                                limits=Limits(timeout_s=3.5, static_gate=False))
+    line = request_to_json(request)
+    assert "\n" not in line
+    assert request_from_json(line) == request
+    assert request_from_json(line.encode()) == request
+
+
+@pytest.mark.parametrize("line, complaint", [
+    ("{nope", "not JSON"),
+    ("[1, 2]", "JSON object"),
+    ('{"id": "x", "proxy_source": "s", "task": {}, "color": 1}', "unknown request field"),
+    ('{"id": 3, "proxy_source": "s", "task": {}}', "'id'"),
+    ('{"id": "x", "proxy_source": "s", "task": []}', "'task'"),
+    ('{"id": "x", "proxy_source": "s", "task": {}, "limits": {"timeout_s": 1, "bogus": 2}}', "unknown limits"),
+    ('{"id": "x", "proxy_source": "s", "task": {}, "version": 99}', "version 99"),
+])
+def test_malformed_requests_are_protocol_errors(line, complaint):
+    with pytest.raises(ProtocolError, match=complaint):
+        request_from_json(line)
+
+
+def test_a_worker_answers_malformed_json_with_an_error_result_and_keeps_going():
+    slot = Slot(evaluator=None, task_dict={}, mode="fork", scratch_root="/tmp", notes=[])
+    result = slot.handle(b'{"id": "q7", "proxy_source": 1}')
+    assert result.status == "error" and result.id == "q7" and "bad request" in result.reason
+    assert slot.handle(b"\xff\xfe garbage").id == "?"
+
+
+def test_result_round_trips_and_nan_becomes_null():
+    result = ok_result([1.0, float("nan")], bits={"a": 4}, timings={"score_s": 0.1})
+    line = result_to_json(result)
+    assert "NaN" not in line and json.loads(line)["scores"] == [1.0, None]
+    back = result_from_json(line)
+    assert back.scores == [1.0, None] and back.bits == {"a": 4} and back.timings == {"score_s": 0.1}
+
+
+@pytest.mark.parametrize("line", ["", "{", '{"id": "r"}', '{"id": "r", "status": "great"}',
+                                  '{"id": "r", "status": "ok", "extra": 1}'])
+def test_malformed_results_become_error_results(line):
+    result = result_from_json(line, request_id="r9")
+    assert result.status == "error" and result.id == "r9" and "malformed result" in result.reason
+
+
+def test_slot_messages_round_trip():
+    message = SlotMessage("ready", num_layers=53, load_s=1.5, mode="fork", isolation_notes=["x"])
+    assert slot_message_from_json(slot_message_to_json(message)) == message
+    with pytest.raises(ProtocolError):
+        slot_message_from_json('{"kind": "dancing"}')
+
+
+# --- validation ------------------------------------------------------------------
+
+def test_validation_accepts_one_finite_score_per_layer():
+    assert validate(ok_result([1.0, 2, 3.5]), num_layers=3).status == "ok"
+
+
+@pytest.mark.parametrize("scores, reason", [
+    ([1.0, 2.0], "2 scores for 3 layers"),
+    ([1.0, None, 2.0], "finite"),
+    ([1.0, math.inf, 2.0], "finite"),
+    ([1.0, True, 2.0], "finite"),
+    (None, "finite"),
+])
+def test_validation_turns_bad_scores_into_errors(scores, reason):
+    result = validate(ok_result(scores), num_layers=3)
+    assert result.status == "error" and reason in result.reason and result.phi is None
+
+
+def test_validation_rejects_non_finite_fitness():
+    result = validate(EvaluationResult(id="r", status="ok", scores=[1.0], rho_sens=None, acc_quant=0.5, phi=0.5), 1)
+    assert result.status == "error" and "rho_sens" in result.reason
+
+
+# --- static gate ----------------------------------------------------------------
+
+def test_gate_passes_a_contract_proxy_and_the_baselines():
+    from pathlib import Path
+
+    check_source(GOOD)
+    check_source("from scipy import stats\nimport numpy as np\ndef score_all(layers):\n    return [1.0] * len(layers)\n")
+    baselines = [p for p in Path("mpq/proxies").glob("*.py") if p.name != "__init__.py"]
+    assert baselines
+    for path in baselines:
+        check_source(path.read_text())
+
+
+@pytest.mark.parametrize("source, rule, line", [
+    ("x = 1\n", "contract", 0),
+    ("def score(l)\n    return 1\n", "syntax", 1),
+    ("import os\ndef score(l): return 1\n", "import", 1),
+    ("def score(l):\n    import subprocess\n    return 1\n", "import", 2),
+    ("from socket import socket\ndef score(l): return 1\n", "import", 1),
+    ("from . import x\ndef score(l): return 1\n", "import", 1),
+    ("import torch.hub\ndef score(l): return 1\n", "denied", 1),
+    ("from torch.utils import cpp_extension\ndef score(l): return 1\n", "denied", 1),
+    ("def score(l):\n    return eval('1')\n", "builtin", 2),
+    ("def score(l):\n    f = open\n    return 1\n", "builtin", 2),
+    ("def score(l):\n    return __import__('os')\n", "builtin", 2),
+    ("def score(l):\n    return len(globals())\n", "builtin", 2),
+    ("def score(l):\n    setattr(l, 'depth', 0)\n    return 1\n", "builtin", 2),
+    ("def score(l):\n    return ().__class__\n", "dunder", 2),
+    ("def score(l):\n    return l._hvp\n", "dunder", 2),
+    ("def score(l):\n    return getattr(l, '__dict__')\n", "dunder", 2),
+    ("def score(l):\n    n = 'weight'\n    return getattr(l, n)\n", "dunder", 3),
+    ("def score(l):\n    return '{0.__class__}'.format(l)\n", "dunder", 2),
+    ("def score(l):\n    return __builtins__\n", "builtin", 2),
+    ("import torch\ndef score(l):\n    return torch.os.getpid()\n", "denied", 3),
+    ("import numpy as np\ndef score(l):\n    np.save('x', 1)\n    return 1\n", "denied", 3),
+    ("import torch\ndef score(l):\n    torch.load('x')\n    return 1\n", "denied", 3),
+    ("import torch\ndef score(l):\n    l.weight.numpy().tofile('x')\n    return 1\n", "denied", 3),
+])
+def test_gate_rejections_name_rule_and_line(source, rule, line):
+    with pytest.raises(GateRejection) as caught:
+        check_source(source)
+    assert (caught.value.rule, caught.value.line) == (rule, line)
+    assert f"rule '{rule}'" in str(caught.value)
+
+
+def test_gate_allows_a_literal_public_getattr():
+    check_source("def score(l):\n    return float(getattr(l, 'depth', 0))\n")
+
+
+def test_gate_has_a_size_limit():
+    big = GOOD + "#" * MAX_SOURCE_BYTES
+    with pytest.raises(GateRejection, match="size"):
+        check_source(big)

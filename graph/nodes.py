@@ -28,6 +28,7 @@ from langgraph.types import Command, Send
 from agents.context import DraftContext, EvalFailure, Parent
 from agents.critic import repair
 from agents.crossover import crossover as crossover_agent
+from agents.dedupe import ast_hash
 from agents.drafts import DraftError, ProxyDraft
 from agents.llm import LLMCallError, LLMCallRecord
 from agents.mutator import mutate
@@ -154,6 +155,9 @@ def _draft(attempt: Attempt, runtime: Runtime[Context], agent: Callable) -> Comm
         if isinstance(outcome, NoDraft):  # no usable proxy: the candidate fails here
             ctx.store.record_llm_calls(pid, outcome.calls)
             runtime.stream_writer({"event": "draft_error", "id": spec["id"], "error": outcome.reason})
+            if outcome.code and ctx.config.search.repairs > 0:  # broken code is the critic's job
+                return Command(goto=Send("critic", {**attempt, "attempt": 0, "code": outcome.code, "reasoning": "",
+                                                    "ast_hash": ast_hash(outcome.code), "error": outcome.reason}))
             return Command(update={"archive": [_failed(spec, attempt, "draft_error", outcome.reason, 0)]},
                            goto="select")
         draft, record = outcome
@@ -171,6 +175,8 @@ class NoDraft:
 
     reason: str
     calls: list[dict]
+    code: str | None = None
+    """Code the response did hold (e.g. it does not parse): the critic may fix it."""
 
 
 def _call_agent(ctx: Context, call: Callable) -> tuple[ProxyDraft, LLMCallRecord] | NoDraft:
@@ -180,7 +186,8 @@ def _call_agent(ctx: Context, call: Callable) -> tuple[ProxyDraft, LLMCallRecord
         return call()
     except (DraftError, LLMCallError) as err:
         record = getattr(err, "record", None)
-        return NoDraft(getattr(err, "reason", None) or str(err), [_call_row(record)] if record else [])
+        return NoDraft(getattr(err, "reason", None) or str(err), [_call_row(record)] if record else [],
+                       getattr(err, "code", None))
     finally:
         ctx.clock.add("llm_s", time.perf_counter() - start)
         ctx.clock.span("llm", start, time.perf_counter())

@@ -42,9 +42,12 @@ GOOD = [
 ]
 BROKEN = ("Kurtosis of the weights.",  # 'weights' is not a layer attribute: fails in the sandbox
           "def score(layer):\n    w = layer.weights.flatten()\n    return float(w.pow(4).mean())\n")
+UNPARSABLE = ("Layer size.",  # does not parse: a draft error whose code goes to the critic
+              "def score(layer:\n    return float(layer.params)\n")
 FIXED = ("The attribute is 'weight'.",
          "def score(layer):\n    w = layer.weight.flatten()\n    c = w - w.mean()\n"
          "    return float(c.pow(4).mean() / (c.pow(2).mean() ** 2 + 1e-12))\n")
+FIXED_TOO = ("Close the parenthesis.", "def score(layer):\n    return float(layer.params) ** 0.5\n")
 
 
 def response(reasoning: str, code: str) -> str:
@@ -57,11 +60,12 @@ def setup(tmp_path_factory):
     base = tmp_path_factory.mktemp("graph")
     script = base / "script.json"
     script.write_text(json.dumps({
-        # Generation 0 uses all three init responses (population 3): exactly one needs the critic.
-        "init": [response(*GOOD[0]), response(*BROKEN), response(*GOOD[1])],
+        # Generation 0 uses all three init responses (population 3): one fails in the sandbox,
+        # one does not even parse; the critic repairs both.
+        "init": [response(*GOOD[0]), response(*BROKEN), response(*UNPARSABLE)],
         "mutation": [response(*GOOD[2]), response(*GOOD[3])],
         "crossover": [response(*GOOD[4])],
-        "critic": [response(*FIXED)],
+        "critic": [response(*FIXED), response(*FIXED_TOO)],
     }))
     from mpq.models import checkpoint_path
 
@@ -117,15 +121,18 @@ def test_end_to_end_writes_all_tables_and_outputs(setup, base_run):
     run_dir = setup["runs"] / "base"
     counts = {t: query(setup, "base", f"select count(*) from {t}")[0][0]
               for t in ("runs", "generations", "proxies", "evaluations", "llm_calls", "controller", "checkpoints")}
-    # 6 candidates + 1 critic repair; every draft evaluated once; one LLM call per draft.
+    # 6 candidates, 2 critic repairs, 8 LLM calls; the unparsable draft is stored as an LLM call
+    # only, so 7 proxies, each evaluated once.
     assert counts["runs"] == 1 and counts["generations"] == 2 and counts["controller"] == 2
-    assert counts["proxies"] == 7 and counts["evaluations"] == 7 and counts["llm_calls"] == 7
+    assert counts["proxies"] == 7 and counts["evaluations"] == 7 and counts["llm_calls"] == 8
     assert counts["checkpoints"] > 0
     assert query(setup, "base", "select status from runs") == [("finished",)]
     statuses = dict(query(setup, "base", "select proxy_id, status from evaluations"))
     broken = [pid for pid, status in statuses.items() if status != "ok"]
     assert len(broken) == 1 and statuses[broken[0] + ".1"] == "ok"  # the critic's repair passed
-    assert query(setup, "base", "select count(*) from llm_calls where agent = 'critic'")[0][0] == 1
+    repaired = [pid for pid in statuses if pid.endswith(".1")]
+    assert len(repaired) == 2 and all(statuses[pid] == "ok" for pid in repaired)
+    assert query(setup, "base", "select count(*) from llm_calls where agent = 'critic'")[0][0] == 2
     assert query(setup, "base", "pragma journal_mode")[0][0] == "wal"
 
     for name in ("best_proxy.py", "bits.json", "report.md", "fitness.png", "templates.png", "bits.png"):

@@ -49,6 +49,7 @@ def resnet50_layers() -> tuple[list[str], list[int], list[int]]:
 
 def machine() -> dict:
     return {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
+            "load_avg_1m": os.getloadavg()[0],
             "torch": torch.__version__, "numpy": np.__version__}
 
 

@@ -211,6 +211,8 @@ def _resume_config(args: argparse.Namespace) -> RunConfig:
     store = RunStore.open(path)
     try:
         row = store.run_row()
+    except RunNotFound as err:
+        raise ConfigError(f"run {args.resume!r} cannot be resumed: {err}") from None
     finally:
         store.close()
     if row["status"] == "finished":

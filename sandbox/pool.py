@@ -70,9 +70,9 @@ class SlotConnection:
         self.dead = False
 
     @classmethod
-    def start(cls, launcher: Launcher, limits: Limits, progress: Callable[[int, int], None]) -> "SlotConnection":
-        """Start a worker and wait until it is warm; RuntimeError with the reason if not."""
-        channel = launcher.start()
+    def connect(cls, channel: Channel, notes: list[str], limits: Limits,
+                progress: Callable[[int, int], None]) -> "SlotConnection":
+        """Wait until a just-started worker is warm; RuntimeError with the reason if not."""
         deadline = time.monotonic() + limits.startup_s
         try:
             while True:
@@ -85,7 +85,7 @@ class SlotConnection:
                 elif message.kind == "failed":
                     raise RuntimeError(f"the worker could not load the task: {message.reason}")
                 else:
-                    return cls(channel, message, launcher.notes())
+                    return cls(channel, message, notes)
         except TimeoutError:
             channel.kill()
             raise RuntimeError(f"the worker was not ready within {limits.startup_s:g} s") from None
@@ -148,6 +148,8 @@ class EvaluatorPool:
         self._lock = threading.Lock()
         self.restarts = 0
         self._warm = [threading.Event() for _ in range(count)]
+        self._starting: dict[int, Channel] = {}
+        self._closing = False
         self._threads = [threading.Thread(target=self._serve, args=(i,), daemon=True) for i in range(count)]
         for thread in self._threads:
             thread.start()
@@ -198,8 +200,14 @@ class EvaluatorPool:
                    for event in self._warm)
 
     def close(self) -> None:
+        """Stop every slot; one still loading its task is killed rather than waited for."""
         for _ in self._threads:
             self._requests.put(None)
+        with self._lock:
+            self._closing = True
+            starting = list(self._starting.values())
+        for channel in starting:
+            channel.kill()
         for thread in self._threads:
             thread.join()
 
@@ -227,11 +235,19 @@ class EvaluatorPool:
             future.set_result(result)
 
     def _start(self, index: int) -> tuple[SlotConnection | None, str]:
+        launcher = self._launchers[index]
         try:
+            with self._lock:
+                if self._closing:
+                    return None, "the pool is closed"
+                self._starting[index] = channel = launcher.start()
             progress = lambda done, total: self._progress(index, done, total)  # noqa: E731
-            return SlotConnection.start(self._launchers[index], self.limits, progress), ""
+            return SlotConnection.connect(channel, launcher.notes(), self.limits, progress), ""
         except Exception as exc:  # noqa: BLE001 - every request routed here gets the reason
             return None, f"evaluator slot {index} could not start: {exc}"
+        finally:
+            with self._lock:
+                self._starting.pop(index, None)
 
     def _serve(self, index: int) -> None:
         slot, why = self._start(index)  # warm before the first request arrives

@@ -6,31 +6,24 @@ followed by a check that the same slots still answer.
 """
 import dataclasses
 import os
-import pwd
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from mpq.task import Task
 from sandbox.gate import GateRejection, check_source
 from sandbox.pool import EvaluatorPool, PoolError
 from sandbox.process_backend import namespace_support
 from sandbox.protocol import Limits
+from sandbox_hostile import ALIVE, CANARIES, SECRET, SECRET_FILE
 
 HOSTILE = Path(__file__).parent / "hostile"
 TASK = Task(eval_limit=32)
 LIMITS = Limits(timeout_s=4, cpu_s=20, memory_mb=1024, startup_s=900)
 GOOD = (Path(__file__).parent.parent / "mpq" / "proxies" / "weight_norm.py").read_text()
-ALIVE = "def score(layer):\n    raise ValueError('alive at depth %d' % layer.depth)\n"
-SECRET = "sk-hostile-test-secret-4242"
-CANARY = "tap_mpq_hostile_canary"
-CANARIES = [Path("/tmp", CANARY), Path("/var/tmp", CANARY), Path("/dev/shm", CANARY),
-            Path(pwd.getpwuid(0).pw_dir, CANARY), Path(torch.__file__).parent.parent / CANARY]
-SECRET_FILE = Path(pwd.getpwuid(os.getuid()).pw_dir, ".tap_mpq_hostile_secret")
 
 # file -> (the gate's rule, or None where it passes; statuses allowed once it runs)
 CORPUS = {

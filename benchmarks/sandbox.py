@@ -1,0 +1,129 @@
+"""What isolation costs: one proxy evaluated in-process vs through the sandbox,
+on a cold slot (start a worker, load the task, evaluate) and a warm one.
+
+Per backend: the cold first result, then ``--repeats`` warm evaluations of a
+baseline proxy (median, with the sandbox's own share: everything but the
+proxy's scoring and the fitness work), and ``--repeats`` warm evaluations of a
+proxy that fails at once (the bare round trip: fork, proxy load, IPC). The same
+proxy in-process (``mpq.fitness.Evaluator``, loaded once) is the reference.
+Results are merged into ``--out`` under ``<model>_<dataset>_<device>``.
+
+    python3 -m benchmarks.sandbox                                   # CPU, process backend
+    python3 -m benchmarks.sandbox --backends process docker         # and Docker (engine started if need be)
+    python3 -m benchmarks.sandbox --device cuda --eval-limit 1000   # on the GPU machine
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from mpq.task import Task
+
+PROJECT = Path(__file__).resolve().parent.parent
+PROXY = PROJECT / "mpq" / "proxies" / "tap_formula.py"
+FAILING = "def score(layer):\n    raise ValueError('fails at once')\n"
+FITNESS_KEYS = ("score_s", "allocate_s", "quantize_s", "eval_s")
+
+
+def machine(device: str) -> dict:
+    info = {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
+            "load_avg_1m": os.getloadavg()[0], "torch": torch.__version__, "device": device}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def in_process(task: Task, source: str, repeats: int) -> dict:
+    from mpq.fitness import Evaluator
+
+    start = time.perf_counter()
+    evaluator = Evaluator(task)
+    load_s = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        evaluator.evaluate(source)
+        times.append(time.perf_counter() - start)
+    return {"load_s": load_s, "evaluate_median_s": statistics.median(times), "evaluate_s": times}
+
+
+def sandboxed(task: Task, source: str, backend: str, repeats: int, docker_host: str | None) -> dict:
+    from sandbox.docker_backend import DockerSettings
+    from sandbox.pool import EvaluatorPool
+
+    settings = DockerSettings(docker_host=docker_host) if backend == "docker" else None
+    start = time.perf_counter()
+    with EvaluatorPool(task, backend=backend, workers=1, docker=settings, log=print) as pool:
+        cold = pool.evaluate(source)
+        cold_s = time.perf_counter() - start
+        if cold.status != "ok":
+            raise SystemExit(f"{backend}: the proxy failed: {cold.reason}\n{cold.traceback_tail}")
+        warm, own, failing = [], [], []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            result = pool.evaluate(source)
+            warm.append(time.perf_counter() - start)
+            own.append(warm[-1] - sum(result.timings[k] for k in FITNESS_KEYS))
+        for _ in range(repeats):
+            start = time.perf_counter()
+            pool.evaluate(FAILING)
+            failing.append(time.perf_counter() - start)
+    return {"cold_first_result_s": cold_s, "warm_median_s": statistics.median(warm),
+            "warm_sandbox_share_median_s": statistics.median(own), "warm_failing_proxy_median_s":
+            statistics.median(failing), "warm_s": warm, "isolation_notes": cold.isolation_notes}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="mobilenetv2")
+    parser.add_argument("--dataset", default="embedded")
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--eval-limit", type=int, default=256, help="search-split images per evaluation")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--backends", nargs="+", default=["process"], choices=["process", "docker"])
+    parser.add_argument("--out", type=Path, default=PROJECT / "benchmarks" / "results" / "sandbox.json")
+    args = parser.parse_args()
+
+    task = Task(model=args.model, dataset=args.dataset, data_root=args.data_root, device=args.device,
+                eval_limit=args.eval_limit)
+    source = PROXY.read_text()
+    run = {"machine": machine(args.device), "task": task.to_dict(), "proxy": PROXY.stem, "repeats": args.repeats,
+           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    # in-process first: it also computes and caches the ground truth, which the slots then read
+    run["in_process"] = reference = in_process(task, source, args.repeats)
+    print(f"in-process: load {reference['load_s']:.2f} s, evaluate {reference['evaluate_median_s']:.3f} s (median)")
+    engine = None
+    for backend in args.backends:
+        host = None
+        if backend == "docker":
+            from sandbox.local_engine import ensure_engine
+
+            engine = ensure_engine()
+            host = engine.docker_host
+        figures = sandboxed(task, source, backend, args.repeats, host)
+        figures["warm_overhead_s"] = figures["warm_median_s"] - reference["evaluate_median_s"]
+        run[backend] = figures
+        print(f"{backend}: cold first result {figures['cold_first_result_s']:.2f} s; warm {figures['warm_median_s']:.3f} s "
+              f"(+{figures['warm_overhead_s']:.3f} s vs in-process; sandbox share "
+              f"{figures['warm_sandbox_share_median_s']:.3f} s); failing proxy round trip "
+              f"{figures['warm_failing_proxy_median_s']:.3f} s")
+    if engine is not None:
+        engine.stop()
+    report = json.loads(args.out.read_text()) if args.out.exists() else {"benchmark": "sandbox", "runs": {}}
+    device_kind = "cuda" if args.device.startswith("cuda") else "cpu"
+    report["runs"][f"{args.model}_{args.dataset}_{device_kind}"] = run
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"written: {args.out}")
+
+
+if __name__ == "__main__":
+    main()

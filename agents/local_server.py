@@ -75,7 +75,7 @@ class LocalLLMServer:
         host: str = "127.0.0.1",
         port: int | None = None,
         startup_timeout_s: float = 180.0,
-        n_ctx: int = 4096,
+        n_ctx: int = 8192,
         n_threads: int | None = None,
         grammar: str | None = DRAFT_GRAMMAR,
     ) -> None:
@@ -103,9 +103,9 @@ class LocalLLMServer:
                 return self
             if not port_free(self.host, self.port):
                 raise PortInUseError(f"port {self.host}:{self.port} is in use by something that is not an LLM server; pick another or omit the port")
+        model = resolve_model(self.model_path)
         if importlib.util.find_spec(ENGINE_MODULE) is None:
             raise EngineMissingError(f"the local LLM engine is not installed; run `make install` or `pip install {ENGINE_REQUIREMENT}`")
-        model = resolve_model(self.model_path)
         port = self.port or free_port(self.host)
         try:
             self._start(model, port)
@@ -132,6 +132,7 @@ class LocalLLMServer:
         if self.grammar:
             cmd += ["--grammar", self.grammar]
         env = dict(os.environ)
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see serve(): no spinning threads
         root = str(Path(__file__).resolve().parent.parent)  # so the child imports this package
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         with open(self.log_path, "ab") as log:
@@ -231,8 +232,13 @@ def serve(args: argparse.Namespace) -> int:
     params.port = args.port
     params.n_ctx = args.n_ctx
     params.n_parallel = 1  # one slot: the whole context for one draft, prompt cache kept
-    params.cpuparams.n_threads = args.threads
-    params.cpuparams_batch.n_threads = args.threads
+    params.endpoint_metrics = True  # /metrics: token counts and times (benchmarks/local_llm.py)
+    # The 2 cores are shared with the sandbox workers and other jobs: threads that
+    # spin while waiting (OpenMP's default, ggml's poll) make generation ~10x
+    # slower under contention (benchmarks/local_llm.py measures it). Wait passively.
+    for cpu in (params.cpuparams, params.cpuparams_batch):
+        cpu.n_threads = args.threads
+        cpu.poll = 0
     for name, value in SAMPLING_DEFAULTS.items():
         setattr(params.sampling, name, value)
     if args.grammar:
@@ -258,11 +264,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--alias", default=None, help="model name reported by /v1/models (default: the file's stem)")
-    parser.add_argument("--n-ctx", type=int, default=4096)
+    parser.add_argument("--n-ctx", type=int, default=8192)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--grammar", default=DRAFT_GRAMMAR, help="default GBNF grammar for requests ('' = none)")
     parser.add_argument("--parent-pid", type=int, default=0, help="exit when this process is gone")
     args = parser.parse_args(argv)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when the engine's OpenMP loads
     try:
         model = resolve_model(args.model)
     except ModelError as err:

@@ -44,6 +44,7 @@ CORPUS = {
     "format_escape": ("dunder", {"error"}),
     "torch_escape": ("denied", {"error"}),
     "huge_output": (None, {"ok"}),
+    "huge_error": (None, {"error"}),
     "nan_scores": (None, {"error"}),
     "wrong_length": (None, {"error"}),
     "not_numbers": (None, {"error"}),
@@ -155,6 +156,7 @@ def test_each_hostile_proxy_is_contained_without_the_gate(pool, name):
     leaked = [str(p) for p in CANARIES if p.exists()]
     assert not leaked, f"{name} wrote outside its scratch dir: {leaked}"
     assert SECRET not in result.reason + result.traceback_tail
+    assert len(result.reason) <= 300 and len(result.traceback_tail) <= 4000
     if result.status == "ok":
         assert len(result.scores) == 53
     # the orchestrator is alive, and so are the slots: the next evaluation is served

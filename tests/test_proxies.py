@@ -195,3 +195,10 @@ def test_snip_and_emq_formulas():
     assert emq["score"](layer) == pytest.approx(float(expected))
     with pytest.raises(ValueError, match="grad"):
         emq["score"](SimpleNamespace(weight=weight, grad=None))
+
+
+@pytest.mark.parametrize("proxy", list(BASELINES))
+def test_every_baseline_passes_the_sandbox_gate(proxy):
+    # Baselines go through the same gate as LLM proxies; they must not need an exception.
+    from sandbox.gate import check_source
+    check_source(baseline_source(proxy))

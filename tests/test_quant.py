@@ -157,3 +157,23 @@ def test_token_linear_layers_quantize_with_bias_correction():
     assert (mix(x.flatten(1, 2)).mean(dim=(0, 1)) - fp_mean).abs().max() < 1e-4
     feats = extract_features(model, x, y)
     assert [f.kind for f in feats] == ["linear", "linear"] and feats[0].macs == 28 * 28 * 16
+
+
+def test_output_mse_clipping_never_increases_a_channels_output_error():
+    s = tiny_setup()
+    by_clipping = {c: Quantizer(s.model, s.calib_images, QuantConfig(clipping=c, bias_correction=False, act_bits=None))
+                   for c in ("minmax", "output_mse")}
+    q = by_clipping["minmax"]
+    name, module = q.layers[1]
+    inputs = {}
+    hook = module.register_forward_pre_hook(lambda m, i: inputs.setdefault("x", i[0]))
+    q.apply({}), q.model(s.calib_images)
+    hook.remove()
+    w_fp = module.weight.detach().clone()
+    errors = {}
+    for clipping, quantizer in by_clipping.items():
+        wq, _ = quantizer.quantized(name, 2)
+        diff = nn.functional.conv2d(inputs["x"], wq - w_fp, None, module.stride, module.padding, 1, module.groups)
+        errors[clipping] = diff.pow(2).sum(dim=(0, 2, 3))
+    assert torch.all(errors["output_mse"] <= errors["minmax"] * (1 + 1e-5))
+    assert errors["output_mse"].sum() < errors["minmax"].sum()

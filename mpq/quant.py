@@ -51,8 +51,8 @@ class QuantConfig:
     ``output_mse`` (grid search on the layer's output error on the calibration images).
     On the embedded MobileNetV2 (benchmarks/results/quantizer.json, W3/W4 A8, with bias correction)
     weight-MSE clipping lost 2 points at W3 (it clips the few largest weights of a channel, and a
-    depthwise channel has only 9); output-MSE and min-max tie (+0.2 top-1 vs -0.005 loss for
-    output-MSE, within the noise of 1,000 images), so the default is the cheaper min-max.
+    depthwise channel has only 9); output-MSE and min-max tie (output-MSE: +0.2 points top-1 but
+    +0.005 loss, within the noise of 1,000 images), so the default is the cheaper min-max.
     Re-decide with the CIFAR-10 rows of the same file."""
     bias_correction: bool = True
     """Subtract the output mean shift caused by weight rounding (calibration images); +2 points

@@ -1,11 +1,11 @@
 """What isolation costs: one proxy evaluated in-process vs through the sandbox,
 on a cold slot (start a worker, load the task, evaluate) and a warm one.
 
-Per backend: the cold first result, then ``--repeats`` warm evaluations of a
-baseline proxy (median, with the sandbox's own share: everything but the
-proxy's scoring and the fitness work), and ``--repeats`` warm evaluations of a
-proxy that fails at once (the bare round trip: fork, proxy load, IPC). The same
-proxy in-process (``mpq.fitness.Evaluator``, loaded once) is the reference.
+Per backend: the cold first result, then ``--repeats`` rounds of: the proxy
+in-process (``mpq.fitness.Evaluator``, loaded once: the reference), the same
+proxy through the warm slot (with the sandbox's own share: everything but the
+proxy's scoring and the fitness work), and a proxy that fails at once (the bare
+round trip: fork, proxy load, IPC). Alternating keeps a busy machine fair.
 Results are merged into ``--out`` under ``<model>_<dataset>_<device>``.
 
     python3 -m benchmarks.sandbox                                   # CPU, process backend
@@ -40,44 +40,36 @@ def machine(device: str) -> dict:
     return info
 
 
-def in_process(task: Task, source: str, repeats: int) -> dict:
-    from mpq.fitness import Evaluator
-
-    start = time.perf_counter()
-    evaluator = Evaluator(task)
-    load_s = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        evaluator.evaluate(source)
-        times.append(time.perf_counter() - start)
-    return {"load_s": load_s, "evaluate_median_s": statistics.median(times), "evaluate_s": times}
-
-
-def sandboxed(task: Task, source: str, backend: str, repeats: int, docker_host: str | None) -> dict:
+def sandboxed(evaluator, source: str, backend: str, repeats: int, docker_host: str | None) -> dict:
+    """Cold first result, then warm evaluations alternating with the in-process ``evaluator``
+    (so that a busy machine slows both alike)."""
     from sandbox.docker_backend import DockerSettings
     from sandbox.pool import EvaluatorPool
 
     settings = DockerSettings(docker_host=docker_host) if backend == "docker" else None
     start = time.perf_counter()
-    with EvaluatorPool(task, backend=backend, workers=1, docker=settings, log=print) as pool:
+    with EvaluatorPool(evaluator.task, backend=backend, workers=1, docker=settings, log=print) as pool:
         cold = pool.evaluate(source)
         cold_s = time.perf_counter() - start
         if cold.status != "ok":
             raise SystemExit(f"{backend}: the proxy failed: {cold.reason}\n{cold.traceback_tail}")
-        warm, own, failing = [], [], []
+        direct, warm, share, failing = [], [], [], []
         for _ in range(repeats):
+            start = time.perf_counter()
+            evaluator.evaluate(source)
+            direct.append(time.perf_counter() - start)
             start = time.perf_counter()
             result = pool.evaluate(source)
             warm.append(time.perf_counter() - start)
-            own.append(warm[-1] - sum(result.timings[k] for k in FITNESS_KEYS))
-        for _ in range(repeats):
+            share.append(warm[-1] - sum(result.timings[k] for k in FITNESS_KEYS))
             start = time.perf_counter()
             pool.evaluate(FAILING)
             failing.append(time.perf_counter() - start)
-    return {"cold_first_result_s": cold_s, "warm_median_s": statistics.median(warm),
-            "warm_sandbox_share_median_s": statistics.median(own), "warm_failing_proxy_median_s":
-            statistics.median(failing), "warm_s": warm, "isolation_notes": cold.isolation_notes}
+    median = statistics.median
+    return {"cold_first_result_s": cold_s, "in_process_median_s": median(direct), "warm_median_s": median(warm),
+            "warm_overhead_median_s": median(w - d for w, d in zip(warm, direct)),
+            "warm_sandbox_share_median_s": median(share), "warm_failing_proxy_median_s": median(failing),
+            "in_process_s": direct, "warm_s": warm, "isolation_notes": cold.isolation_notes}
 
 
 def main() -> None:
@@ -95,11 +87,19 @@ def main() -> None:
     task = Task(model=args.model, dataset=args.dataset, data_root=args.data_root, device=args.device,
                 eval_limit=args.eval_limit)
     source = PROXY.read_text()
-    run = {"machine": machine(args.device), "task": task.to_dict(), "proxy": PROXY.stem, "repeats": args.repeats,
+    run = {"how_to_read": "sandbox_share: what the sandbox itself adds to a warm evaluation (fork, proxy load, "
+                          "layer copies, IPC, validation); warm_overhead: end-to-end difference to in-process, which "
+                          "on a busy machine is dominated by CPU contention between processes (machine.load_avg_1m)",
+           "machine": machine(args.device), "task": task.to_dict(), "proxy": PROXY.stem, "repeats": args.repeats,
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     # in-process first: it also computes and caches the ground truth, which the slots then read
-    run["in_process"] = reference = in_process(task, source, args.repeats)
-    print(f"in-process: load {reference['load_s']:.2f} s, evaluate {reference['evaluate_median_s']:.3f} s (median)")
+    from mpq.fitness import Evaluator
+
+    start = time.perf_counter()
+    evaluator = Evaluator(task)
+    run["in_process_load_s"] = time.perf_counter() - start
+    evaluator.evaluate(source)  # the quantizer memoizes per-layer weights: warm it like a slot's first result
+    print(f"in-process: load {run['in_process_load_s']:.2f} s")
     engine = None
     for backend in args.backends:
         host = None
@@ -108,13 +108,11 @@ def main() -> None:
 
             engine = ensure_engine()
             host = engine.docker_host
-        figures = sandboxed(task, source, backend, args.repeats, host)
-        figures["warm_overhead_s"] = figures["warm_median_s"] - reference["evaluate_median_s"]
-        run[backend] = figures
-        print(f"{backend}: cold first result {figures['cold_first_result_s']:.2f} s; warm {figures['warm_median_s']:.3f} s "
-              f"(+{figures['warm_overhead_s']:.3f} s vs in-process; sandbox share "
-              f"{figures['warm_sandbox_share_median_s']:.3f} s); failing proxy round trip "
-              f"{figures['warm_failing_proxy_median_s']:.3f} s")
+        run[backend] = f = sandboxed(evaluator, source, backend, args.repeats, host)
+        print(f"{backend}: cold first result {f['cold_first_result_s']:.2f} s; warm {f['warm_median_s']:.3f} s vs "
+              f"in-process {f['in_process_median_s']:.3f} s (overhead median {f['warm_overhead_median_s']:+.3f} s; "
+              f"sandbox share {f['warm_sandbox_share_median_s']:.3f} s); failing proxy round trip "
+              f"{f['warm_failing_proxy_median_s']:.3f} s")
     if engine is not None:
         engine.stop()
     report = json.loads(args.out.read_text()) if args.out.exists() else {"benchmark": "sandbox", "runs": {}}

@@ -75,16 +75,22 @@ def lockdown_mounts(scratch: str, scratch_mb: int, keep: list[str]) -> list[str]
             f"{scratch} ({scratch_mb} MB), {', '.join(hidden) or 'no home'} hidden"]
 
 
-def set_limits(limits: Limits, *, address_space: bool = True) -> list[str]:
-    """rlimits for the process that runs the proxy (before dropping privileges)."""
-    cpu = int(limits.cpu_s)
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))  # SIGXCPU, then SIGKILL
+def set_limits(limits: Limits, *, address_space: bool = True, cpu: bool = True) -> list[str]:
+    """rlimits for the process that runs the proxy (before dropping privileges).
+
+    ``cpu=False`` for a long-lived slot process: it sets a fresh soft CPU limit
+    per evaluation instead (a hard limit could never be raised again)."""
     resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_size_mb * MB,) * 2)
     resource.setrlimit(resource.RLIMIT_NOFILE, (limits.open_files,) * 2)
     resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes,) * 2)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    notes = [f"rlimits: cpu {cpu} s, file size {limits.file_size_mb} MB, "
-             f"{limits.open_files} files, {limits.processes} processes"]
+    notes = [f"rlimits: file size {limits.file_size_mb} MB, {limits.open_files} files, "
+             f"{limits.processes} processes"]
+    if cpu:
+        resource.setrlimit(resource.RLIMIT_CPU, (int(limits.cpu_s), int(limits.cpu_s) + 5))  # SIGXCPU, SIGKILL
+        notes.append(f"cpu {int(limits.cpu_s)} s")
+    else:
+        notes.append(f"cpu {int(limits.cpu_s)} s per evaluation (soft limit)")
     if address_space:
         ceiling = _virtual_memory_bytes() + limits.memory_mb * MB
         resource.setrlimit(resource.RLIMIT_AS, (ceiling, ceiling))

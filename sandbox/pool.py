@@ -113,12 +113,6 @@ class SlotConnection:
         result = result_from_json(line, request.id)
         return validate(dataclasses.replace(result, isolation_notes=self.notes), self.ready.num_layers)
 
-    def wait_ready(self, timeout_s: float | None = None) -> bool:
-        """Block until every slot has finished its first start (warm or failed)."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        return all(event.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
-                   for event in self._warm)
-
     def close(self) -> None:
         self.channel.kill()
 

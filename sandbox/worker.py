@@ -150,6 +150,9 @@ class Slot:
             fitness = self.evaluator.fitness_of_scores(scores, score_s=score_s)
         except ProxyError as exc:
             return failure(request_id, "error", exc.reason, exc.traceback_tail)
+        except Exception as exc:  # noqa: BLE001 - e.g. a score too large for a float; the slot lives on
+            return failure(request_id, "error", f"the fitness of these scores failed: {type(exc).__name__}: {exc}",
+                           traceback.format_exc())
         return _ok(request_id, fitness)
 
     # --- in-process mode (CUDA): the worker itself is the sandbox
@@ -352,7 +355,7 @@ def _start(args: argparse.Namespace, channel: Channel) -> Slot:
         notes.append(f"no mount lockdown by the worker; scratch dirs under {scratch_root}")
     if mode == "in-process":
         isolation.scrub_environment(scratch_root)
-        notes += isolation.set_limits(limits, address_space=False)
+        notes += isolation.set_limits(limits, address_space=False, cpu=False)
         notes.append(isolation.drop_privileges())
     else:
         notes.append("rlimits, scrubbed environment, fresh scratch dir and the nobody user per evaluation"

@@ -39,6 +39,7 @@ from mpq.truth import ConfigBenchmark, Progress, SensitivityTruth, config_benchm
 
 TRUTH_BITS = (2, 4)
 CONFIG_SAMPLES = 64
+CONFIG_GROUP = 8  # configurations per size group for ConfigRanking.kendall_tau_within
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,11 @@ class FitnessResult:
 @dataclass(frozen=True)
 class ConfigRanking:
     kendall_tau: float
+    """Over all configurations (dominated by "more bits is better": even constant scores score high)."""
     spearman: float
+    kendall_tau_within: float
+    """Mean Kendall tau inside groups of configurations of similar size (consecutive by average
+    bits): how well the proxy ranks configurations beyond their size."""
     configs: int
 
 
@@ -136,6 +141,9 @@ class Evaluator:
             "quant": dataclasses.asdict(self.quant_config),
         }
         self._allocate([1.0] * len(self.layers))  # an infeasible budget fails here, not per proxy
+        for name in self.names:  # quantized weights for every candidate width, once, before any proxy
+            for b in task.bits:
+                self.quantizer.quantized(name, b)
         self.truth = SensitivityTruth.from_dict(cached_json(
             cache_dir, "sensitivity", {**self._cache_key, "bits": list(TRUTH_BITS)},
             lambda: measure_sensitivity(self.quantizer, search_images, search_labels, TRUTH_BITS,
@@ -217,5 +225,11 @@ class Evaluator:
         noise = default_noise(len(s), self.task.bits)
         column = {b: j for j, b in enumerate(sorted(self.task.bits))}
         predicted = [-float(sum(s[l] * noise[l, column[b]] for l, b in enumerate(cfg))) for cfg in bench.configs]
+        order = np.argsort(bench.avg_bits, kind="stable")
+        groups = [order[i:i + CONFIG_GROUP] for i in range(0, len(order), CONFIG_GROUP)]
+        within = [rank_correlation([predicted[i] for i in g], [bench.top1[i] for i in g], "kendall")
+                  for g in groups if len(g) >= 3]
         return ConfigRanking(kendall_tau=rank_correlation(predicted, bench.top1, "kendall"),
-                             spearman=rank_correlation(predicted, bench.top1), configs=len(bench.configs))
+                             spearman=rank_correlation(predicted, bench.top1),
+                             kendall_tau_within=float(np.mean(within)) if within else 0.0,
+                             configs=len(bench.configs))

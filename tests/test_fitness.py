@@ -99,7 +99,7 @@ def test_reports_on_the_test_split_and_config_ranking(evaluator):
     with pytest.raises(ValueError, match="split"):
         evaluator.evaluate_bits(8, split="train")
     ranking = evaluator.config_ranking(evaluator.truth.sensitivity)
-    assert ranking.configs == 8 and -1 <= ranking.kendall_tau <= 1
+    assert ranking.configs == 8 and -1 <= ranking.kendall_tau <= 1 and -1 <= ranking.kendall_tau_within <= 1
     assert ranking.kendall_tau > 0  # more bits -> lower predicted penalty -> higher measured top-1
 
 

@@ -174,7 +174,7 @@ def fake_quant_per_channel(weight: torch.Tensor, scale: torch.Tensor, bits: int)
 ErrorFn = Callable[[torch.Tensor], torch.Tensor]  # per-channel scales [C] -> per-channel error [C]
 
 
-def channel_scales(weight: torch.Tensor, bits: int, clipping: Clipping = "mse", grid: int = 16,
+def channel_scales(weight: torch.Tensor, bits: int, clipping: Clipping = "minmax", grid: int = 16,
                    output_error: ErrorFn | None = None) -> torch.Tensor:
     """Per-output-channel scale for ``bits``-bit symmetric quantization.
 
@@ -215,7 +215,7 @@ def _best_fraction(max_abs: torch.Tensor, bits: int, fractions: torch.Tensor, er
     return best
 
 
-def quantize_weight(weight: torch.Tensor, bits: int, clipping: Clipping = "mse", grid: int = 16) -> torch.Tensor:
+def quantize_weight(weight: torch.Tensor, bits: int, clipping: Clipping = "minmax", grid: int = 16) -> torch.Tensor:
     """Fake-quantized copy of a conv / linear weight."""
     return fake_quant_per_channel(weight.detach(), channel_scales(weight, bits, clipping, grid), bits)
 

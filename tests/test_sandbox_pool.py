@@ -22,7 +22,7 @@ from sandbox_hostile import ALIVE, CANARIES, SECRET, SECRET_FILE
 
 HOSTILE = Path(__file__).parent / "hostile"
 TASK = Task(eval_limit=32)
-LIMITS = Limits(timeout_s=4, cpu_s=20, memory_mb=1024, startup_s=900)
+LIMITS = Limits(timeout_s=2.5, cpu_s=20, memory_mb=1024, startup_s=900)
 GOOD = (Path(__file__).parent.parent / "mpq" / "proxies" / "weight_norm.py").read_text()
 
 # file -> (the gate's rule, or None where it passes; statuses allowed once it runs)
@@ -196,16 +196,23 @@ def run_cli(*args):
                           env=env, timeout=900)
 
 
-def test_evaluate_command_prints_the_result_as_json(tmp_path):
+def test_evaluate_command_report_shows_fitness_bits_and_isolation(pool):
+    from sandbox.evaluate import _report
+
+    text = _report(pool.evaluate(GOOD))
+    assert text.startswith("status: ok") and "phi: " in text and "avg bits: 3.00" in text
+    assert "isolation:" in text and "fork mode" in text
+
+
+def test_evaluate_command_prints_json(tmp_path):
     import json
 
     proxy = tmp_path / "mine.py"
-    proxy.write_text(GOOD)
-    done = run_cli(str(proxy), "--model", "mobilenetv2", "--dataset", "embedded", "--budget", "4avg",
-                   "--eval-limit", "32", "--sandbox", "process", "--json")
-    assert done.returncode == 0, done.stderr
+    proxy.write_text((HOSTILE / "dunder_escape.py").read_text())
+    done = run_cli(str(proxy), "--model", "mobilenetv2", "--dataset", "embedded", "--budget", "4avg", "--json")
+    assert done.returncode == 1, done.stderr
     result = json.loads(done.stdout)
-    assert result["status"] == "ok" and result["id"] == "mine" and abs(result["avg_bits"] - 4.0) < 0.05
+    assert (result["status"], result["id"]) == ("rejected", "mine") and "rule 'dunder'" in result["reason"]
 
 
 def test_evaluate_command_reports_a_rejection_and_bad_input(tmp_path):

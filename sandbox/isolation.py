@@ -80,19 +80,21 @@ def set_limits(limits: Limits, *, address_space: bool = True, cpu: bool = True) 
 
     ``cpu=False`` for a long-lived slot process: it sets a fresh soft CPU limit
     per evaluation instead (a hard limit could never be raised again)."""
+    # On top of what the process already holds (a GPU slot keeps its driver's files and threads).
+    files = len(os.listdir("/proc/self/fd")) + limits.open_files
+    threads = _status_value("Threads") + limits.processes
     resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_size_mb * MB,) * 2)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (limits.open_files,) * 2)
-    resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes,) * 2)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
+    resource.setrlimit(resource.RLIMIT_NPROC, (threads, threads))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    notes = [f"rlimits: file size {limits.file_size_mb} MB, {limits.open_files} files, "
-             f"{limits.processes} processes"]
+    notes = [f"rlimits: file size {limits.file_size_mb} MB, {files} open files, {threads} processes/threads"]
     if cpu:
         resource.setrlimit(resource.RLIMIT_CPU, (int(limits.cpu_s), int(limits.cpu_s) + 5))  # SIGXCPU, SIGKILL
         notes.append(f"cpu {int(limits.cpu_s)} s")
     else:
         notes.append(f"cpu {int(limits.cpu_s)} s per evaluation (soft limit)")
     if address_space:
-        ceiling = _virtual_memory_bytes() + limits.memory_mb * MB
+        ceiling = _status_value("VmSize") * 1024 + limits.memory_mb * MB
         resource.setrlimit(resource.RLIMIT_AS, (ceiling, ceiling))
         notes.append(f"address space: warm worker + {limits.memory_mb} MB")
     else:
@@ -148,8 +150,9 @@ def _mount_points() -> list[str]:
     return points
 
 
-def _virtual_memory_bytes() -> int:
+def _status_value(key: str) -> int:
+    """An integer field of /proc/self/status (``VmSize`` in kB, ``Threads``)."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmSize:"):
-            return int(line.split()[1]) * 1024
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
     return 0

@@ -45,9 +45,9 @@ class Limits:
     file_size_mb: int = 16
     """Largest file the proxy may write (RLIMIT_FSIZE); it can only write to its scratch dir."""
     open_files: int = 64
-    """Open file descriptors (RLIMIT_NOFILE)."""
+    """Open file descriptors beyond those the process holds already (RLIMIT_NOFILE)."""
     processes: int = 64
-    """Processes and threads of the sandbox user (RLIMIT_NPROC)."""
+    """Processes and threads of the sandbox user beyond the slot's own (RLIMIT_NPROC)."""
     fitness_s: float = 600.0
     """Time allowed, after the proxy answered, for the trusted fitness computation
     (allocation, quantization, accuracy); the slot is replaced when it overruns."""

@@ -16,28 +16,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
-import torch
-
+from benchmarks.quantizer import machine
 from mpq.task import Task
 
 PROJECT = Path(__file__).resolve().parent.parent
 PROXY = PROJECT / "mpq" / "proxies" / "tap_formula.py"
 FAILING = "def score(layer):\n    raise ValueError('fails at once')\n"
 FITNESS_KEYS = ("score_s", "allocate_s", "quantize_s", "eval_s")
-
-
-def machine(device: str) -> dict:
-    info = {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
-            "load_avg_1m": os.getloadavg()[0], "torch": torch.__version__, "device": device}
-    if device.startswith("cuda") and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 def sandboxed(evaluator, source: str, backend: str, repeats: int, docker_host: str | None) -> dict:

@@ -27,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-limit", type=int, help="cap on search-split images for acc_quant")
     p.add_argument("--device", default="cpu")
     p.add_argument("--sandbox", choices=BACKENDS, default="auto")
+    p.add_argument("--gpus", help="GPU for the slot: an index or 'all' (with --device cuda)")
     p.add_argument("--timeout", type=float, default=Limits.timeout_s, help="seconds (default: %(default)s)")
     p.add_argument("--cache-dir", type=Path, help="ground-truth cache (default: $TAP_MPQ_CACHE or ~/.cache/tap-mpq)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         with EvaluatorPool(task, backend=args.sandbox, workers=1, limits=limits, cache_dir=args.cache_dir,
-                           progress=progress) as pool:
+                           gpus=[args.gpus] if args.gpus else None, progress=progress) as pool:
             result = pool.evaluate(source, request_id=args.proxy.stem)
     except PoolError as exc:
         print(f"error: {exc}", file=sys.stderr)

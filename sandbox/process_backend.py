@@ -52,7 +52,7 @@ def worker_environment(gpu: str | None = None) -> dict[str, str]:
     """The worker's whole environment: nothing inherited (no keys, no tokens)."""
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(PROJECT_ROOT), "HOME": "/tmp",
            "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
-    if gpu is not None:
+    if gpu not in (None, "all"):
         env["CUDA_VISIBLE_DEVICES"] = gpu
     return env
 

@@ -149,3 +149,26 @@ def test_gate_has_a_size_limit():
     big = GOOD + "#" * MAX_SOURCE_BYTES
     with pytest.raises(GateRejection, match="size"):
         check_source(big)
+
+
+# --- backend choice and worker environment ----------------------------------------
+
+def test_auto_backend_says_once_which_it_took(monkeypatch):
+    from sandbox.pool import resolve_backend
+
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/tap-mpq.sock")
+    said = []
+    assert resolve_backend("auto", said.append) == "process"
+    assert len(said) == 1 and "process backend" in said[0] and "no Docker engine" in said[0]
+    assert resolve_backend("process", said.append) == "process" and len(said) == 1
+
+
+def test_workers_inherit_no_environment(monkeypatch):
+    from sandbox.process_backend import PROJECT_ROOT, worker_environment
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-should-not-travel")
+    env = worker_environment(gpu="1")
+    assert "OPENAI_API_KEY" not in env and env["CUDA_VISIBLE_DEVICES"] == "1"
+    assert env["PYTHONPATH"] == str(PROJECT_ROOT) and set(env) <= {
+        "PATH", "PYTHONPATH", "HOME", "LANG", "PYTHONDONTWRITEBYTECODE", "CUDA_VISIBLE_DEVICES"}
+    assert "CUDA_VISIBLE_DEVICES" not in worker_environment(gpu="all")

@@ -231,10 +231,14 @@ class EvaluatorPool:
     def _start(self, index: int) -> tuple[SlotConnection | None, str]:
         launcher = self._launchers[index]
         try:
+            channel = launcher.start()  # seconds for a container: not under the lock
             with self._lock:
-                if self._closing:
-                    return None, "the pool is closed"
-                self._starting[index] = channel = launcher.start()
+                closing = self._closing
+                if not closing:
+                    self._starting[index] = channel
+            if closing:
+                channel.kill()
+                return None, "the pool is closed"
             progress = lambda done, total: self._progress(index, done, total)  # noqa: E731
             return SlotConnection.connect(channel, launcher.notes(), self.limits, progress), ""
         except Exception as exc:  # noqa: BLE001 - every request routed here gets the reason

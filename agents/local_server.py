@@ -82,6 +82,7 @@ class LocalLLMServer:
         n_ctx: int = 8192,
         n_threads: int | None = None,
         grammar: str | None = DRAFT_GRAMMAR,
+        slots: int = 1,
     ) -> None:
         self.model_path = model_path
         self.log_dir = Path(log_dir) if log_dir is not None else None
@@ -91,6 +92,7 @@ class LocalLLMServer:
         self.n_ctx = n_ctx
         self.n_threads = n_threads or os.cpu_count() or 2
         self.grammar = grammar
+        self.slots = slots
         self.base_url = ""
         self.model_name = ""
         self.log_path: Path | None = None
@@ -130,7 +132,7 @@ class LocalLLMServer:
         cmd = [
             sys.executable, "-m", "agents.local_server",
             "--model", str(model), "--host", self.host, "--port", str(port),
-            "--alias", model.stem, "--n-ctx", str(self.n_ctx), "--threads", str(self.n_threads),
+            "--alias", model.stem, "--n-ctx", str(self.n_ctx), "--slots", str(self.slots), "--threads", str(self.n_threads),
             "--parent-pid", str(os.getpid()),
         ]
         if self.grammar:
@@ -237,8 +239,12 @@ def serve(args: argparse.Namespace) -> int:
     params.model_alias = {args.alias}
     params.hostnames = [args.host]
     params.port = args.port
-    params.n_ctx = args.n_ctx
-    params.n_parallel = 1  # one slot: the whole context for one draft, prompt cache kept
+    # Slots = requests served at once, each with n_ctx tokens. One by default:
+    # on 2 busy cores 4 slots gave no measurable gain for 4 parallel requests
+    # (10 vs 7-12 tok/s, within the noise), and the server's RAM prompt cache
+    # already restores a template's earlier prompt when it comes back.
+    params.n_parallel = args.slots
+    params.n_ctx = args.n_ctx * args.slots
     params.endpoint_metrics = True  # /metrics: token counts and times (benchmarks/local_llm.py)
     # The 2 cores are shared with the sandbox workers and other jobs: threads that
     # spin while waiting (OpenMP's default, ggml's poll) make generation ~10x
@@ -271,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--alias", default=None, help="model name reported by /v1/models (default: the file's stem)")
-    parser.add_argument("--n-ctx", type=int, default=8192)
+    parser.add_argument("--n-ctx", type=int, default=8192, help="context tokens per slot")
+    parser.add_argument("--slots", type=int, default=1, help="requests served at once")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--grammar", default=DRAFT_GRAMMAR, help="default GBNF grammar for requests ('' = none)")
     parser.add_argument("--parent-pid", type=int, default=0, help="exit when this process is gone")

@@ -222,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=60.0, help="stop drafting after this long (resume later)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per LLM request (no retries: a local retry redoes the same work)")
     parser.add_argument("--max-tokens", type=int, default=default_max_tokens(), help="response cap per draft")
+    parser.add_argument("--llm-model", type=Path, default=None, help="another GGUF file (default: the packaged model)")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--fresh", action="store_true", help="discard earlier drafts in --out")
     parser.add_argument("--measure-install", action="store_true", help="time the pip installs and the assembly")
@@ -239,8 +240,12 @@ def main(argv: list[str] | None = None) -> int:
     results.setdefault("metrics", {})
     results.setdefault("load", {})
     results["machine"] = machine()
-    results["model"] = {"name": local_model.DEFAULT_MODEL.name, "description": local_model.DEFAULT_MODEL.description,
-                        "size_bytes": local_model.DEFAULT_MODEL.size, "sha256": local_model.DEFAULT_MODEL.sha256}
+    if args.llm_model is None:
+        spec = local_model.DEFAULT_MODEL
+        results["model"] = {"name": spec.name, "description": spec.description, "size_bytes": spec.size, "sha256": spec.sha256}
+    else:
+        results["model"] = {"name": args.llm_model.stem, "size_bytes": args.llm_model.stat().st_size,
+                            "sha256": local_model.sha256_file(args.llm_model)}
     results["engine"] = ENGINE_REQUIREMENT
     results["modes"] = sorted(set(results.get("modes", [])) | set(modes))
     settings = LLMSettings(spec="local", timeout_s=args.timeout, retries=0, max_tokens=args.max_tokens)
@@ -259,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for mode in modes:
                 start = time.perf_counter()
-                server = LocalLLMServer(log_dir=logs, **({} if mode == "grammar" else {"grammar": None}))
+                server = LocalLLMServer(model_path=args.llm_model, log_dir=logs, **({} if mode == "grammar" else {"grammar": None}))
                 servers[mode] = server.__enter__()
                 results["load"].setdefault(mode, []).append(round(time.perf_counter() - start, 1))
                 llms[mode] = make_llm(dataclasses.replace(settings, base_url=server.base_url))

@@ -78,6 +78,9 @@ class Context:
     draft_context: DraftContext
     clock: Clock = field(default_factory=Clock)
     finalize: Callable[[SearchState, "Context"], dict] | None = None
+    llm_slots: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(64))
+    """Calls in flight at once. The embedded local server answers one request at a time:
+    queueing in the graph (not in the server) keeps each call's client timeout for its own work."""
 
 
 def proxy_id(spec: CandidateSpec, attempt: int) -> str:
@@ -181,16 +184,17 @@ class NoDraft:
 
 def _call_agent(ctx: Context, call: Callable) -> tuple[ProxyDraft, LLMCallRecord] | NoDraft:
     """The agent's draft, or why it produced none."""
-    start = time.perf_counter()
-    try:
-        return call()
-    except (DraftError, LLMCallError) as err:
-        record = getattr(err, "record", None)
-        return NoDraft(getattr(err, "reason", None) or str(err), [_call_row(record)] if record else [],
-                       getattr(err, "code", None))
-    finally:
-        ctx.clock.add("llm_s", time.perf_counter() - start)
-        ctx.clock.span("llm", start, time.perf_counter())
+    with ctx.llm_slots:
+        start = time.perf_counter()
+        try:
+            return call()
+        except (DraftError, LLMCallError) as err:
+            record = getattr(err, "record", None)
+            return NoDraft(getattr(err, "reason", None) or str(err), [_call_row(record)] if record else [],
+                           getattr(err, "code", None))
+        finally:
+            ctx.clock.add("llm_s", time.perf_counter() - start)
+            ctx.clock.span("llm", start, time.perf_counter())
 
 
 def _draft_context(ctx: Context, library: list[ProxyRecord]) -> DraftContext:

@@ -85,7 +85,8 @@ def execute(config: RunConfig, evaluator: contextlib.AbstractContextManager | No
             ctx = Context(config=config, llm=llm, prompts=prompts, evaluate=evaluate, store=store,
                           draft_context=DraftContext(task=describe_task(config.task),
                                                      layers=task_model.describe_layers()),
-                          clock=clock, finalize=lambda state, c: _finalize(state, c, task_model))
+                          clock=clock, finalize=lambda state, c: _finalize(state, c, task_model),
+                          llm_slots=threading.Semaphore(1 if config.llm.kind == "local" else 64))
             timings["setup_s"] = time.perf_counter() - start
             sink.emit({"event": "run", "run_id": config.run_id, "model": config.task.model,
                        "llm": config.llm.spec, "generations": config.search.generations,

@@ -219,13 +219,18 @@ def packaged_model_path(spec: ModelSpec = DEFAULT_MODEL) -> Path:
 
 
 def resolve_model(model_path: str | Path | None = None, spec: ModelSpec = DEFAULT_MODEL) -> Path:
-    """``--llm-model PATH`` (any GGUF; checked for the magic bytes only) or the packaged model."""
+    """``--llm-model PATH`` or the packaged model. Any GGUF file is checked for
+    the magic bytes; one named like a packaged model (e.g. the 1.5B in the
+    cache) must also be that model's pinned file."""
     if model_path is None:
         return packaged_model_path(spec)
     path = Path(model_path).expanduser()
     if not path.is_file():
         raise ModelError(f"--llm-model {path}: no such file")
     check_gguf_magic(path)
+    known = next((m for m in MODELS.values() if m.filename == path.name), None)
+    if known is not None:
+        verify(path, known)
     return path
 
 

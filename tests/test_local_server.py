@@ -99,6 +99,16 @@ def test_model_path_must_exist_and_be_gguf(tmp_path):
         local_model.resolve_model(fake)
 
 
+def test_a_file_named_like_a_packaged_model_must_be_that_model(tmp_path):
+    impostor = tmp_path / local_model.QWEN_CODER_15B.filename
+    impostor.write_bytes(b"GGUF" + b"\0" * 64)
+    with pytest.raises(ModelError, match="expected 1117320768"):
+        local_model.resolve_model(impostor)
+    other = tmp_path / "my-model.gguf"
+    other.write_bytes(b"GGUF" + b"\0" * 64)
+    assert local_model.resolve_model(other) == other  # any other GGUF: magic bytes only
+
+
 def test_default_model_pins_are_consistent():
     spec = local_model.DEFAULT_MODEL
     assert len(spec.sha256) == 64 and spec.size > 100_000_000

@@ -236,6 +236,12 @@ def render_messages(messages: Sequence[BaseMessage]) -> str:
     return "\n\n".join(f"[{m.type}]\n{m.content}" for m in messages)
 
 
+LOCAL_DEFAULTS = {"max_tokens": 700, "timeout_s": 900.0, "retries": 0}
+"""For the embedded model on 2 CPU cores (benchmarks/results/local_llm.json): an
+init prompt of ~4k tokens takes minutes, so a short timeout only cancels work
+and a retry would redo it; 700 tokens hold a reasoning and one proxy."""
+
+
 def add_llm_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``--llm*`` options, for any CLI that needs an LLM."""
     d = LLMSettings()
@@ -247,16 +253,22 @@ def add_llm_arguments(parser: argparse.ArgumentParser) -> None:
                    help="environment variable holding the API key (default: %(default)s)")
     g.add_argument("--llm-model", default=None, help="GGUF file for --llm local (default: the packaged model)")
     g.add_argument("--llm-temperature", type=float, default=d.temperature)
-    g.add_argument("--llm-max-tokens", type=int, default=d.max_tokens)
-    g.add_argument("--llm-timeout", type=float, default=d.timeout_s, help="seconds per request")
-    g.add_argument("--llm-retries", type=int, default=d.retries, help="retries on 429 / 5xx / timeouts")
+    g.add_argument("--llm-max-tokens", type=int, default=None,
+                   help=f"default {d.max_tokens}; local: {LOCAL_DEFAULTS['max_tokens']}")
+    g.add_argument("--llm-timeout", type=float, default=None,
+                   help=f"seconds per request (default {d.timeout_s:g}; local: {LOCAL_DEFAULTS['timeout_s']:g})")
+    g.add_argument("--llm-retries", type=int, default=None,
+                   help=f"retries on 429 / 5xx / timeouts (default {d.retries}; local: {LOCAL_DEFAULTS['retries']})")
 
 
 def settings_from_args(args: argparse.Namespace, log_dir: str | None = None, seed: int | None = None) -> LLMSettings:
-    """LLMSettings from the options of :func:`add_llm_arguments`."""
+    """LLMSettings from the options of :func:`add_llm_arguments`; options left
+    unset take the defaults of the chosen kind (``LOCAL_DEFAULTS`` for local)."""
+    defaults = dict(LOCAL_DEFAULTS) if args.llm == "local" else {}
+    chosen = {"max_tokens": args.llm_max_tokens, "timeout_s": args.llm_timeout, "retries": args.llm_retries}
+    overrides = defaults | {k: v for k, v in chosen.items() if v is not None}
     return LLMSettings(
         spec=args.llm, base_url=args.llm_base_url, api_key_env=args.llm_api_key_env,
-        temperature=args.llm_temperature, max_tokens=args.llm_max_tokens,
-        timeout_s=args.llm_timeout, retries=args.llm_retries, seed=seed,
+        temperature=args.llm_temperature, seed=seed, **overrides,
         local_model=args.llm_model, log_dir=log_dir,
     )

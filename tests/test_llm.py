@@ -140,3 +140,18 @@ def test_scripted_model_is_safe_under_parallel_calls(tmp_path):
     with ThreadPoolExecutor(8) as pool:
         texts = list(pool.map(lambda _: call_llm(llm, [HumanMessage("x")], "proposer", "init")[0], range(16)))
     assert sorted(texts) == sorted(responses)  # each response handed out exactly once
+
+
+def test_local_llm_gets_slow_machine_defaults_unless_overridden():
+    import argparse
+
+    from agents.llm import LOCAL_DEFAULTS, LLMSettings, add_llm_arguments, settings_from_args
+
+    parser = argparse.ArgumentParser()
+    add_llm_arguments(parser)
+    local = settings_from_args(parser.parse_args(["--llm", "local"]))
+    assert (local.timeout_s, local.retries, local.max_tokens) == (
+        LOCAL_DEFAULTS["timeout_s"], LOCAL_DEFAULTS["retries"], LOCAL_DEFAULTS["max_tokens"])
+    assert settings_from_args(parser.parse_args(["--llm", "local", "--llm-timeout", "60"])).timeout_s == 60
+    remote = settings_from_args(parser.parse_args(["--llm", "openai:gpt-x"]))
+    assert remote.timeout_s == LLMSettings().timeout_s and remote.retries == LLMSettings().retries

@@ -43,14 +43,17 @@ class TrainConfig:
     lr: float = 0.2
     weight_decay: float = 5e-4
     label_smoothing: float = 0.1
+    cutout: int = 0
+    """Side of a square zeroed at a random place in each training image (0 = off)."""
     time_budget_s: float | None = None
     seed: int = 0
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
     out: str | None = None
 
 
-def augment(images: torch.Tensor, flip: bool, pad: int, generator: torch.Generator) -> torch.Tensor:
-    """Random crop after zero padding (+ horizontal flip), batched on the device."""
+def augment(images: torch.Tensor, flip: bool, pad: int, generator: torch.Generator,
+            cutout: int = 0) -> torch.Tensor:
+    """Random crop after zero padding (+ horizontal flip, + Cutout), batched on the device."""
     n, _, h, w = images.shape
     padded = F.pad(images, (pad, pad, pad, pad))
     dx = torch.randint(0, 2 * pad + 1, (n,), device=images.device, generator=generator)
@@ -63,6 +66,13 @@ def augment(images: torch.Tensor, flip: bool, pad: int, generator: torch.Generat
     if flip:
         mirrored = torch.rand(n, device=images.device, generator=generator) < 0.5
         out = torch.where(mirrored.view(n, 1, 1, 1), out.flip(3), out)
+    if cutout:  # DeVries & Taylor 2017: the square's centre may fall near the border
+        cy = torch.randint(0, h, (n, 1, 1), device=images.device, generator=generator)
+        cx = torch.randint(0, w, (n, 1, 1), device=images.device, generator=generator)
+        ys = torch.arange(h, device=images.device).view(1, h, 1)
+        xs = torch.arange(w, device=images.device).view(1, 1, w)
+        hole = ((ys - cy).abs() <= cutout // 2) & ((xs - cx).abs() <= cutout // 2)
+        out = out.masked_fill(hole.unsqueeze(1), 0)
     return out.contiguous()
 
 
@@ -115,7 +125,7 @@ def train(config: TrainConfig, log=print) -> dict:
         for i in range(steps_per_epoch):
             index = order[i * config.batch_size:(i + 1) * config.batch_size]
             x = augment(train_x[index], flip=natural_images, pad=4 if natural_images else 2,
-                        generator=generator)
+                        generator=generator, cutout=config.cutout)
             x = normalize(x, splits.spec)
             if on_gpu:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -179,6 +189,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     parser.add_argument("--lr", type=float, default=0.2)
     parser.add_argument("--weight-decay", type=float, default=5e-4)
     parser.add_argument("--time-budget-s", type=float)
+    parser.add_argument("--label-smoothing", type=float, default=0.1)
+    parser.add_argument("--cutout", type=int, default=0, help="Cutout square side in pixels (0 = off)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", help="checkpoint path (default: mpq/checkpoints/<model>_<dataset>.pt)")

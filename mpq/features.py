@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mpq.quant import fold_batchnorm, quantizable_layers
+from mpq.quant import fold_batchnorm, forward_with_hooks, quantizable_layers
 
 __all__ = ["LayerFeatures", "extract_features", "quantizable_layers", "describe_layers"]
 
@@ -102,12 +102,9 @@ def extract_features(model: nn.Module, calib_images: torch.Tensor, calib_labels:
 
     captured: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     hooks = [m.register_forward_hook(_capture(captured, name)) for name, m in layers]
-    try:
-        with torch.set_grad_enabled(with_grad):
-            loss = F.cross_entropy(folded(calib_images), calib_labels)
-    finally:
-        for h in hooks:
-            h.remove()
+    logits = forward_with_hooks(folded, calib_images, hooks, grad=with_grad)
+    with torch.set_grad_enabled(with_grad):  # also when a caller runs under no_grad
+        loss = F.cross_entropy(logits, calib_labels)
     grads = torch.autograd.grad(loss, weights) if with_grad else [None] * len(layers)
     hessian = _HessianBlocks(folded, weights, calib_images, calib_labels) if with_grad else None
 

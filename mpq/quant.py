@@ -88,14 +88,21 @@ def quantizable_layers(model: nn.Module, example_input: torch.Tensor | None = No
     if example_input is None:
         return layers
     order: dict[str, int] = {}
-    hooks = [m.register_forward_pre_hook(_record_order(order, name)) for name, m in layers]
+    forward_with_hooks(model, example_input,
+                       [m.register_forward_pre_hook(_record_order(order, name)) for name, m in layers])
+    return sorted((nm for nm in layers if nm[0] in order), key=lambda nm: order[nm[0]])
+
+
+def forward_with_hooks(model: nn.Module, images: torch.Tensor, hooks: list,
+                       grad: bool = False) -> torch.Tensor:
+    """One forward pass that the just-registered ``hooks`` observe; they are
+    removed afterwards, also when the pass fails."""
     try:
-        with torch.no_grad():
-            model(example_input)
+        with torch.set_grad_enabled(grad):
+            return model(images)
     finally:
         for h in hooks:
             h.remove()
-    return sorted((nm for nm in layers if nm[0] in order), key=lambda nm: order[nm[0]])
 
 
 def _record_order(order: dict[str, int], name: str):
@@ -132,12 +139,7 @@ def fold_batchnorm(model: nn.Module, example_input: torch.Tensor) -> nn.Module:
             hooks.append(m.register_forward_hook(conv_hook(name)))
         if name and not list(m.children()):
             hooks.append(m.register_forward_pre_hook(consumer_hook(name)))
-    try:
-        with torch.no_grad():
-            model(example_input)
-    finally:
-        for h in hooks:
-            h.remove()
+    forward_with_hooks(model, example_input, hooks)
 
     for conv_name, users in consumers.items():
         if len(users) != 1 or not isinstance(modules[users[0]], nn.BatchNorm2d):
@@ -267,13 +269,8 @@ class Quantizer:
 
     def _calibration_inputs(self, calib_images: torch.Tensor) -> dict[str, torch.Tensor]:
         inputs: dict[str, torch.Tensor] = {}
-        hooks = [m.register_forward_pre_hook(_store_input(inputs, n)) for n, m in self.layers]
-        try:
-            with torch.no_grad():
-                self.model(calib_images)
-        finally:
-            for h in hooks:
-                h.remove()
+        forward_with_hooks(self.model, calib_images,
+                           [m.register_forward_pre_hook(_store_input(inputs, n)) for n, m in self.layers])
         return inputs
 
     def _act_hook(self, name: str):

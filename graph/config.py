@@ -17,10 +17,10 @@ from pathlib import Path
 
 from agents.llm import LLMSettings, LLMConfigError, add_llm_arguments, settings_from_args
 from graph.controller import CONTROLLERS, ControllerSettings
+from mpq.data import DATASET_NAMES
 from mpq.task import Task
 
 SANDBOXES = ("auto", "process", "docker")
-DATASETS = ("embedded", "cifar10", "imagenet")
 
 
 class ConfigError(ValueError):
@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Every default is None so that --branch / --resume can tell what was given.
     task = p.add_argument_group("task")
     task.add_argument("--model", help="model registry name (default: mobilenetv2)")
-    task.add_argument("--dataset", choices=DATASETS, help="default: embedded")
+    task.add_argument("--dataset", choices=DATASET_NAMES, help="default: embedded")
     task.add_argument("--data-root", help="folder holding the data set")
     task.add_argument("--weights", help="checkpoint path or 'torchvision' (default: the project's)")
     task.add_argument("--budget", help='"3avg" | "1.5MB" | "8x" (default: 3avg)')

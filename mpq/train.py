@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from mpq.data import DataError, ImageSet, load_splits, normalize
 from mpq.models import MODEL_NAMES, ModelError, build_model, checkpoint_path, load_model, save_checkpoint
+from mpq.quant import evaluate
 
 SUBSET_SIZE = 1000
 """The fixed test subset (first images of the test split) whose accuracy is
@@ -84,15 +85,10 @@ def one_cycle_lr(progress: float, peak: float) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warm) / (1 - warm))))
 
 
-@torch.no_grad()
 def evaluate_top1(model: torch.nn.Module, images: ImageSet, device: str, batch_size: int = 1000) -> float:
-    model.eval()
-    correct = 0
-    for start in range(0, len(images), batch_size):
-        x = normalize(images.images[start:start + batch_size].to(device), images.spec)
-        y = images.labels[start:start + batch_size].to(device)
-        correct += int((model(x).argmax(1) == y).sum())
-    return correct / len(images)
+    """Top-1 of ``model`` on an image set (the quantizer's batched evaluation)."""
+    return evaluate(model, images.images, images.labels, device, batch_size,
+                    mean=images.spec.mean, std=images.spec.std).top1
 
 
 def train(config: TrainConfig, log=print) -> dict:

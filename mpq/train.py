@@ -117,7 +117,7 @@ def train(config: TrainConfig, log=print) -> dict:
     while progress < 1.0:
         model.train()
         order = torch.randperm(len(train_y), device=device, generator=generator)
-        epoch_loss, steps_this_epoch = 0.0, 0
+        steps_this_epoch = 0
         for i in range(steps_per_epoch):
             index = order[i * config.batch_size:(i + 1) * config.batch_size]
             x = augment(train_x[index], flip=natural_images, pad=4 if natural_images else 2,
@@ -138,7 +138,6 @@ def train(config: TrainConfig, log=print) -> dict:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            epoch_loss += float(loss) if i % 20 == 0 else 0.0
             step += 1
             steps_this_epoch = i + 1
         else:

@@ -6,6 +6,7 @@ the agents turn it into placeholder values for the prompt files.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -99,7 +100,37 @@ def format_library(ctx: DraftContext, exclude: tuple[str, ...] = ()) -> str:
 
 
 def shared_values(ctx: DraftContext, exclude: tuple[str, ...] = ()) -> dict[str, str]:
-    return {"task": ctx.task, "layers": ctx.layers or "(not given)", "library": format_library(ctx, exclude)}
+    return {"task": ctx.task, "layers": ctx.layers or "(not given)",
+            "layers_summary": summarize_layers(ctx.layers), "library": format_library(ctx, exclude)}
+
+
+# One row of mpq.features.describe_layers: idx name kind shape k/s fmap params MACs.
+_ROW = re.compile(r"^\s*(\d+)\s+(\S+)\s+(conv|depthwise|linear)\s+(\S+)\s+(\S+)\s+(\S+)\s+([\d,]+)\s+([\d,]+)\s*$")
+
+
+def summarize_layers(table: str, largest: int = 3) -> str:
+    """A few lines instead of the full layer table (for small models' prompts):
+    counts per kind, total weights, the first and last layers and the largest
+    ones. Falls back to the table itself when it is not describe_layers' format."""
+    rows = [m.groups() for m in map(_ROW.match, table.splitlines()) if m]
+    if not rows:
+        return table.strip() or "(not given)"
+    params = {int(r[0]): int(r[6].replace(",", "")) for r in rows}
+    kinds: dict[str, int] = {}
+    for r in rows:
+        kinds[r[2]] = kinds.get(r[2], 0) + 1
+    brief = lambda r: f"idx {r[0]} {r[2]} {r[3]} ({int(r[6].replace(',', '')):,} weights)"  # noqa: E731
+    by_size = sorted(rows, key=lambda r: -params[int(r[0])])[:largest]
+    lines = [
+        f"{len(rows)} layers ({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))}), "
+        f"{sum(params.values()):,} weights; index 0 = first.",
+        f"first: {brief(rows[0])}; last: {brief(rows[-1])}",
+        "largest: " + "; ".join(brief(r) for r in by_size),
+    ]
+    dw = [params[int(r[0])] for r in rows if r[2] == "depthwise"]
+    if dw:
+        lines.append(f"depthwise layers are small: {min(dw):,} to {max(dw):,} weights")
+    return "\n".join(lines)
 
 
 def parent_values(p: Parent, prefix: str) -> dict[str, str]:

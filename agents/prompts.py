@@ -2,15 +2,28 @@
 
 One file per template (``system``, ``init``, ``mutation``, ``crossover``,
 ``critic``; extension ``.md``, ``.txt`` or none) with ``{{name}}`` placeholders.
-``--prompts DIR`` swaps the whole set. :meth:`PromptSet.load` fails with one
-clear line on a missing file, an unknown placeholder or a missing required
-one. The proxy contract is not copied into the prompts: ``{{contract}}`` is
-the "The proxy contract" section of ``mpq/README.md``, read at load time.
+``--prompts DIR`` swaps the whole set; ``--prompts full`` / ``--prompts
+compact`` name the project's sets (:data:`PROMPT_SETS`: the full contract for
+large API models, a short digest + code skeleton + worked examples for small
+local models). :meth:`PromptSet.load` fails with one clear line on a missing
+file, an unknown placeholder or a missing required one. The proxy contract is
+not copied into the prompts: ``{{contract}}`` is the "The proxy contract"
+section of ``mpq/README.md``, read at load time.
+
+Optional files of a set: ``skeleton`` and ``examples`` fill ``{{skeleton}}`` /
+``{{examples}}`` in any template (so one skeleton serves every template);
+``contract`` replaces the README section in ``{{contract}}`` with a digest
+(the compact set's; tests/test_prompts.py checks it names only real
+attributes); and
+``ideas`` lists the idea families (``- `` items) that
+:attr:`PromptSet.idea_families` returns (a set without one uses
+``prompts/ideas.md``); each init draft of a generation gets a different one
+through ``{{idea}}`` (agents.proposer.propose).
 """
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping
@@ -18,17 +31,23 @@ from typing import Mapping
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "prompts"
+# Named sets for --prompts (anything else is taken as a folder path).
+PROMPT_SETS: Mapping[str, Path] = MappingProxyType({"full": DEFAULT_DIR, "compact": DEFAULT_DIR / "compact"})
 CONTRACT_HEADING = "## The proxy contract"
+SNIPPETS = ("skeleton", "examples")
+CONTRACT_FILE = "contract"
+IDEAS_FILE = "ideas"
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
-_SHARED = {"task", "layers", "library", "contract"}
+_IDEA_ITEM = re.compile(r"^\s*[-*]\s+(\S.*?)\s*$", re.MULTILINE)
+_SHARED = {"task", "layers", "layers_summary", "library", "contract", *SNIPPETS}
 _PARENT = {"parent_code", "parent_reasoning", "parent_fitness"}
 _PARENTS = {f"parent_{ab}_{part}" for ab in "ab" for part in ("code", "reasoning", "fitness")}
 
 # template -> (required placeholders, optional placeholders)
 PLACEHOLDERS: Mapping[str, tuple[frozenset[str], frozenset[str]]] = MappingProxyType({
     "system": (frozenset({"contract"}), frozenset(_SHARED)),
-    "init": (frozenset({"task"}), frozenset(_SHARED)),
+    "init": (frozenset({"task"}), frozenset(_SHARED | {"idea"})),
     "mutation": (frozenset({"parent_code"}), frozenset(_SHARED | _PARENT)),
     "crossover": (frozenset({"parent_a_code", "parent_b_code"}), frozenset(_SHARED | _PARENTS)),
     "critic": (frozenset({"code", "error"}), frozenset(_SHARED | {"code", "error"})),
@@ -47,22 +66,31 @@ class PromptSet:
     directory: Path
     templates: Mapping[str, str]
     contract: str
+    snippets: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    """Contents of the set's optional ``skeleton`` / ``examples`` files."""
+    idea_families: tuple[str, ...] = ()
+    """The ``- `` items of the set's ``ideas`` file (else prompts/ideas.md), in file order."""
 
     @classmethod
     def load(cls, directory: str | Path | None = None, readme: str | Path | None = None) -> "PromptSet":
-        """Read and check the set in ``directory`` (default: the project's prompts/)."""
-        directory = Path(directory) if directory is not None else DEFAULT_DIR
+        """Read and check the set in ``directory``: a folder, a name of
+        :data:`PROMPT_SETS`, or None (the project's full set in prompts/)."""
+        directory = resolve_prompt_dir(directory)
         if not directory.is_dir():
-            raise PromptError(f"prompt folder not found: {directory}")
+            raise PromptError(f"prompt folder not found: {directory} (or name a set: {', '.join(PROMPT_SETS)})")
         templates = {name: _read_template(directory, name) for name in TEMPLATES}
+        snippets = {name: _read_optional(directory, name) for name in SNIPPETS}
+        snippets = {name: text.strip() for name, text in snippets.items() if text is not None}
         for name, text in templates.items():
-            _check_placeholders(directory, name, text)
-        contract = read_contract(readme)
-        return cls(directory, MappingProxyType(templates), contract)
+            _check_placeholders(directory, name, text, snippets)
+        families = read_idea_families(directory)
+        digest = _read_optional(directory, CONTRACT_FILE)
+        contract = digest.strip() if digest is not None else read_contract(readme)
+        return cls(directory, MappingProxyType(templates), contract, MappingProxyType(snippets), families)
 
     def render(self, template: str, **values: str) -> str:
-        """``template`` with its placeholders filled (``contract`` is supplied)."""
-        values = {"contract": self.contract, **values}
+        """``template`` with its placeholders filled (``contract`` and the snippets are supplied)."""
+        values = {"contract": self.contract, **self.snippets, **values}
         text = self.templates[template]
         missing = sorted({m.group(1) for m in _PLACEHOLDER.finditer(text)} - set(values))
         if missing:
@@ -77,11 +105,28 @@ class PromptSet:
         ]
 
 
+def resolve_prompt_dir(directory: str | Path | None) -> Path:
+    """The folder of a set given as a path, a :data:`PROMPT_SETS` name or None (full)."""
+    if directory is None:
+        return DEFAULT_DIR
+    if str(directory) in PROMPT_SETS and not Path(directory).is_dir():
+        return PROMPT_SETS[str(directory)]
+    return Path(directory)
+
+
 def _read_template(directory: Path, name: str) -> str:
-    candidates = [directory / f"{name}{ext}" for ext in (".md", ".txt", "")]
+    text = _read_optional(directory, name)
+    if text is None:
+        raise PromptError(f"prompt file missing: {directory}/{name}.md")
+    return text
+
+
+def _read_optional(directory: Path, name: str) -> str | None:
+    """The file ``name`` (.md, .txt, .py or no extension) in ``directory``, or None."""
+    candidates = [directory / f"{name}{ext}" for ext in (".md", ".txt", ".py", "")]
     found = [p for p in candidates if p.is_file()]
     if not found:
-        raise PromptError(f"prompt file missing: {directory}/{name}.md")
+        return None
     if len(found) > 1:
         raise PromptError(f"prompt '{name}' is ambiguous: {', '.join(p.name for p in found)} in {directory}")
     text = found[0].read_text(encoding="utf-8")
@@ -90,7 +135,7 @@ def _read_template(directory: Path, name: str) -> str:
     return text
 
 
-def _check_placeholders(directory: Path, name: str, text: str) -> None:
+def _check_placeholders(directory: Path, name: str, text: str, snippets: Mapping[str, str]) -> None:
     required, allowed = PLACEHOLDERS[name]
     used = {m.group(1) for m in _PLACEHOLDER.finditer(text)}
     unknown = sorted(used - allowed - required)
@@ -102,6 +147,22 @@ def _check_placeholders(directory: Path, name: str, text: str) -> None:
     missing = sorted(required - used)
     if missing:
         raise PromptError(f"prompt '{name}' ({directory}) lacks required placeholder(s) {', '.join(missing)}")
+    absent = sorted(used & set(SNIPPETS) - set(snippets))
+    if absent:
+        raise PromptError(f"prompt '{name}' ({directory}) uses {', '.join(absent)} but the set has no such file")
+
+
+def read_idea_families(directory: Path) -> tuple[str, ...]:
+    """The ``- `` items of ``directory``'s ideas file, else of the project's; () if neither exists."""
+    for folder in (directory, DEFAULT_DIR):
+        text = _read_optional(folder, IDEAS_FILE)
+        if text is None:
+            continue
+        families = tuple(_IDEA_ITEM.findall(text))
+        if not families:
+            raise PromptError(f"{folder}/{IDEAS_FILE}: no '- ' items (one idea family per item)")
+        return families
+    return ()
 
 
 def read_contract(readme: str | Path | None = None) -> str:

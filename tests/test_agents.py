@@ -154,3 +154,13 @@ def test_describe_task_states_model_budget_and_fitness(budget, phrase):
     text = describe_task(Task(model="resnet18", dataset="cifar10", budget=budget, alpha=0.25))
     assert "resnet18" in text and "cifar10" in text and phrase in text and "2/4/8 bits" in text
     assert "0.25 * rho_sens" in text and "0.75 * top-1" in text
+
+
+def test_propose_fills_the_idea_family_into_init(tmp_path, prompts):
+    from agents.proposer import NO_IDEA
+
+    family = prompts.idea_families[3]
+    _, record = propose(scripted(tmp_path, [GOOD]), prompts, CTX, idea=family)
+    assert family in record.prompt
+    _, record = propose(scripted(tmp_path, [GOOD]), prompts, CTX)
+    assert NO_IDEA in record.prompt and family not in record.prompt

@@ -1,4 +1,5 @@
 """The prompt set (agents/prompts.py, prompts/): files, placeholders, contract."""
+import re
 import shutil
 from pathlib import Path
 
@@ -29,8 +30,8 @@ def test_contract_is_the_readme_section_not_a_copy():
     assert "Higher score = more sensitive to quantization" in contract
     assert "| `hvp(v)` |" in contract  # the attribute table
     assert "## " not in contract.replace("### ", "")  # stops before the next section
-    for path in DEFAULT_DIR.iterdir():  # the prompt files do not duplicate it
-        assert "| `weight` |" not in path.read_text()
+    for path in DEFAULT_DIR.rglob("*"):  # the prompt files do not duplicate it
+        assert path.is_dir() or "| `weight` |" not in path.read_text()
     assert contract in PromptSet.load().render("system")
 
 
@@ -100,3 +101,99 @@ def test_prompts_stay_short_for_a_small_model():
     chars = sum(len(m.content) for m in prompts.messages("crossover", **values))
     assert chars < 9000, f"crossover prompt is {chars} characters (~{chars // 4} tokens)"
     assert ctx.max_library == 3 and values["library"].count("```python") == 3
+
+
+# -- named sets, snippets, idea families (issue 13: prompts a small model can use) --
+
+def test_named_sets_resolve_to_their_folders():
+    assert PromptSet.load("full").directory == DEFAULT_DIR
+    compact = PromptSet.load("compact")
+    assert compact.directory == DEFAULT_DIR / "compact"
+    assert set(compact.templates) == set(TEMPLATES)
+    assert set(compact.snippets) == {"skeleton", "examples"}
+    with pytest.raises(PromptError, match="prompt folder not found.*name a set: full, compact"):
+        PromptSet.load("tiny")
+
+
+def test_idea_families_come_from_the_file_in_order(prompt_dir):
+    families = PromptSet.load().idea_families
+    assert len(families) >= 8 and len(set(families)) == len(families)
+    assert families[0].startswith("weight statistics") and any(f.startswith("curvature via hvp") for f in families)
+    assert PromptSet.load("compact").idea_families == families  # the compact set uses prompts/ideas.md
+    (prompt_dir / "ideas.md").write_text("# comment line\n- alpha: one\n* beta: two\nnot an item\n")
+    assert PromptSet.load(prompt_dir).idea_families == ("alpha: one", "beta: two")
+    (prompt_dir / "ideas.md").write_text("only prose, no items\n")
+    with pytest.raises(PromptError, match="no '- ' items"):
+        PromptSet.load(prompt_dir)
+
+
+def test_snippets_fill_every_template_and_must_exist(prompt_dir):
+    (prompt_dir / "mutation.md").write_text("{{parent_code}}\nSKELETON:\n{{skeleton}}")
+    with pytest.raises(PromptError, match="'mutation'.*uses skeleton but the set has no such file"):
+        PromptSet.load(prompt_dir)
+    (prompt_dir / "skeleton.py").write_text("def score(layer):\n    return 1.0\n")
+    text = PromptSet.load(prompt_dir).render("mutation", parent_code="P")
+    assert text == "P\nSKELETON:\ndef score(layer):\n    return 1.0\n"
+
+
+def test_compact_contract_digest_names_exactly_the_real_attributes():
+    # The digest replaces the README section in the compact set; it must not
+    # drift from the contract (an invented attribute is what small models copy).
+    digest = PromptSet.load("compact").contract
+    contract = read_contract()
+    table = set(re.findall(r"^\| `([a-z_]+)(?:\(v\))?`(?:, `([a-z_]+)`)? \|", contract, re.MULTILINE))
+    real = {name for pair in table for name in pair if name}
+    bullets = [line for line in digest.splitlines() if line.startswith("- ")]
+    named = {m for line in bullets for m in re.findall(r"`([a-z_]+)(?:\(v\))?`", line)}
+    assert real and named == real, (sorted(real - named), sorted(named - real))
+    assert "## The proxy contract" not in digest and contract not in PromptSet.load("compact").render("system")
+
+
+def test_compact_prompts_are_a_fraction_of_the_full_ones():
+    from tests.mpq_tiny import tiny_setup
+    from mpq.features import describe_layers, extract_features
+
+    tiny = tiny_setup()
+    table = describe_layers(extract_features(tiny.model, tiny.calib_images, tiny.calib_labels, with_grad=False))
+    ctx = DraftContext(task=describe_task({"model": "mobilenetv2", "dataset": "embedded", "budget": "3avg"}),
+                       layers=table + "\n" + "\n".join(table.splitlines()[1:-1]) * 10)  # a long table
+    full, compact = PromptSet.load("full"), PromptSet.load("compact")
+    size = lambda p: sum(len(m.content) for m in p.messages("init", **shared_values(ctx), idea="IDEA_MARK"))  # noqa: E731
+    assert size(compact) < size(full) / 3
+    text = "".join(m.content for m in compact.messages("init", **shared_values(ctx), idea="IDEA_MARK"))
+    assert "IDEA_MARK" in text and "def score(layer):" in text and "layer.grad is None" in text
+
+
+def test_compact_examples_and_skeleton_are_working_proxies():
+    # The worked examples and the skeleton are what small models imitate: each
+    # must pass the sandbox gate and give a finite score on every real layer.
+    from mpq.features import extract_features
+    from mpq.proxy import load_proxy, validate_scores
+    from sandbox.gate import check_source
+    from tests.mpq_tiny import tiny_setup
+
+    tiny = tiny_setup()
+    layers = extract_features(tiny.model, tiny.calib_images, tiny.calib_labels, with_grad=True)
+    snippets = PromptSet.load("compact").snippets
+    blocks = re.findall(r"```python\n(.*?)```", snippets["examples"] + snippets["skeleton"], re.DOTALL)
+    assert len(blocks) == 3
+    for code in blocks:
+        check_source(code)
+        scores = validate_scores(load_proxy(code)([layer.copy() for layer in layers]), len(layers))
+        assert all(s > 0 for s in scores) and len(set(scores)) > 1
+
+
+def test_layers_summary_is_short_and_falls_back_on_unknown_tables():
+    from agents.context import summarize_layers
+    from mpq.features import describe_layers, extract_features
+    from tests.mpq_tiny import tiny_setup
+
+    tiny = tiny_setup()
+    layers = extract_features(tiny.model, tiny.calib_images, tiny.calib_labels, with_grad=False)
+    summary = summarize_layers(describe_layers(layers))
+    total = sum(layer.params for layer in layers)  # 72 + 1,152 + 144 + 512 + 5,120
+    assert summary.startswith(f"5 layers (3 conv, 1 depthwise, 1 linear), {total:,} weights"), summary
+    assert "largest: idx 4 linear 10x512 (5,120 weights); idx 1 conv 16x8x3x3 (1,152 weights)" in summary
+    assert "last: idx 4 linear 10x512 (5,120 weights)" in summary and len(summary.splitlines()) == 4
+    assert summarize_layers("free text\nno rows") == "free text\nno rows"
+    assert shared_values(DraftContext(task="T"))["layers_summary"] == "(not given)"

@@ -9,7 +9,7 @@ process group; the child also exits by itself if its parent dies.
 
 The engine is llama.cpp's native C++ server through the ``xllamacpp`` wheel
 (prebuilt, installs in seconds; ``llama-cpp-python`` compiles llama.cpp for
-many minutes on 2 cores, see benchmarks/results/local_llm.json). The child is
+many minutes on 2 cores, see benchmarks/results/local_llm_v1_gate_only_0.5b.json). The child is
 this module: ``python -m agents.local_server --model FILE --port N``.
 
 Every response must be "reasoning + one fenced python block": the server

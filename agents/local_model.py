@@ -31,7 +31,7 @@ class LocalLLMError(RuntimeError):
     """Any failure of the embedded LLM (one-line message for the CLI)."""
 
 
-class ModelError(LocalLLMError):
+class ModelFileError(LocalLLMError):
     """The local model is missing, incomplete or not the pinned file."""
 
 
@@ -114,7 +114,7 @@ def install_hint(spec: ModelSpec) -> str:
 
 
 def find_chunks(spec: ModelSpec) -> list[Path]:
-    """The installed chunk files, in order. Raises ModelError naming what is missing."""
+    """The installed chunk files, in order. Raises ModelFileError naming what is missing."""
     paths, missing = [], []
     for chunk in spec.chunks:
         found = importlib.util.find_spec(chunk.module)
@@ -126,7 +126,7 @@ def find_chunks(spec: ModelSpec) -> list[Path]:
             paths.append(path)
     if missing:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-        raise ModelError(
+        raise ModelFileError(
             f"local LLM {spec.name}: model packages not installed ({shown}); {install_hint(spec)}"
         )
     return paths
@@ -136,7 +136,7 @@ def check_gguf_magic(path: Path) -> None:
     with open(path, "rb") as f:
         head = f.read(4)
     if head != GGUF_MAGIC:
-        raise ModelError(f"{path}: not a GGUF file (starts with {head!r}, expected {GGUF_MAGIC!r})")
+        raise ModelFileError(f"{path}: not a GGUF file (starts with {head!r}, expected {GGUF_MAGIC!r})")
 
 
 def sha256_file(path: Path) -> str:
@@ -157,17 +157,17 @@ def _stamp(path: Path, sha: str) -> dict:
 
 
 def verify(path: Path, spec: ModelSpec) -> None:
-    """Raise ModelError unless ``path`` is exactly the pinned file.
+    """Raise ModelFileError unless ``path`` is exactly the pinned file.
 
     The full hash (~1 s per 500 MB) is skipped when a stamp written after a
     successful check still matches the file's size and modification time.
     """
     if not path.is_file():
-        raise ModelError(f"local LLM {spec.name}: {path} does not exist; {install_hint(spec)}")
+        raise ModelFileError(f"local LLM {spec.name}: {path} does not exist; {install_hint(spec)}")
     check_gguf_magic(path)
     size = path.stat().st_size
     if size != spec.size:
-        raise ModelError(f"{path}: {size} bytes, expected {spec.size} for {spec.name}; delete it to re-assemble")
+        raise ModelFileError(f"{path}: {size} bytes, expected {spec.size} for {spec.name}; delete it to re-assemble")
     stamp_file = _stamp_path(path)
     try:
         if json.loads(stamp_file.read_text()) == _stamp(path, spec.sha256):
@@ -176,7 +176,7 @@ def verify(path: Path, spec: ModelSpec) -> None:
         pass
     sha = sha256_file(path)
     if sha != spec.sha256:
-        raise ModelError(f"{path}: SHA-256 {sha[:16]}… does not match the pinned {spec.sha256[:16]}… of {spec.name}; refusing to load it")
+        raise ModelFileError(f"{path}: SHA-256 {sha[:16]}… does not match the pinned {spec.sha256[:16]}… of {spec.name}; refusing to load it")
     stamp_file.write_text(json.dumps(_stamp(path, sha)))
 
 
@@ -197,7 +197,7 @@ def assemble(spec: ModelSpec, dest: Path | None = None) -> Path:
                         out.write(buf)
                         written += len(buf)
         if written != spec.size or digest.hexdigest() != spec.sha256:
-            raise ModelError(
+            raise ModelFileError(
                 f"local LLM {spec.name}: the installed chunks assemble to {written} bytes with SHA-256 "
                 f"{digest.hexdigest()[:16]}…, not the pinned file; reinstall {' '.join(spec.requirements[:1])}…"
             )
@@ -226,7 +226,7 @@ def resolve_model(model_path: str | Path | None = None, spec: ModelSpec = DEFAUL
         return packaged_model_path(spec)
     path = Path(model_path).expanduser()
     if not path.is_file():
-        raise ModelError(f"--llm-model {path}: no such file")
+        raise ModelFileError(f"--llm-model {path}: no such file")
     check_gguf_magic(path)
     known = next((m for m in MODELS.values() if m.filename == path.name), None)
     if known is not None:
@@ -240,7 +240,7 @@ def packaged_model_available(spec: ModelSpec = DEFAULT_MODEL) -> bool:
         return True
     try:
         find_chunks(spec)
-    except ModelError:
+    except ModelFileError:
         return False
     return True
 
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         print(packaged_model_path(spec))
-    except ModelError as err:
+    except ModelFileError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

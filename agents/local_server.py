@@ -33,7 +33,7 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
-from agents.local_model import LocalLLMError, ModelError, resolve_model
+from agents.local_model import LocalLLMError, ModelFileError, resolve_model
 
 ENGINE_MODULE = "xllamacpp"
 ENGINE_REQUIREMENT = "xllamacpp==2026.10.11549"
@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when the engine's OpenMP loads
     try:
         model = resolve_model(args.model)
-    except ModelError as err:
+    except ModelFileError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if importlib.util.find_spec(ENGINE_MODULE) is None:

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from agents import local_model, local_server
-from agents.local_model import ChunkPackage, ModelError, ModelSpec
+from agents.local_model import ChunkPackage, ModelFileError, ModelSpec
 from agents.local_server import EngineMissingError, LocalLLMServer, PortInUseError, StartupTimeoutError
 
 ENGINE = importlib.util.find_spec(local_server.ENGINE_MODULE) is not None
@@ -69,13 +69,13 @@ def test_tampered_model_is_refused(fake_spec):
     data = bytearray(path.read_bytes())
     data[100] ^= 0xFF
     path.write_bytes(bytes(data))  # same size, new mtime: the stamp no longer matches
-    with pytest.raises(ModelError, match="does not match the pinned"):
+    with pytest.raises(ModelFileError, match="does not match the pinned"):
         local_model.packaged_model_path(fake_spec)
 
 
 def test_chunks_that_do_not_assemble_to_the_pinned_file_are_refused(fake_spec):
     wrong = dataclasses.replace(fake_spec, sha256="0" * 64)
-    with pytest.raises(ModelError, match="not the pinned file"):
+    with pytest.raises(ModelFileError, match="not the pinned file"):
         local_model.assemble(wrong)
     assert not (local_model.cache_dir() / wrong.filename).exists()
 
@@ -83,7 +83,7 @@ def test_chunks_that_do_not_assemble_to_the_pinned_file_are_refused(fake_spec):
 def test_missing_model_packages_name_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setenv("TAP_MPQ_CACHE", str(tmp_path))
     spec = ModelSpec("absent", "x", (ChunkPackage("tapmpq-absent-part1", "9.9", "tapmpq_absent_part1", "data/part01.bin"),), 1, "0" * 64, "", "")
-    with pytest.raises(ModelError) as err:
+    with pytest.raises(ModelFileError) as err:
         local_model.packaged_model_path(spec)
     message = str(err.value)
     assert "tapmpq-absent-part1==9.9" in message and "make install" in message and "\n" not in message
@@ -91,18 +91,18 @@ def test_missing_model_packages_name_what_to_install(tmp_path, monkeypatch):
 
 
 def test_model_path_must_exist_and_be_gguf(tmp_path):
-    with pytest.raises(ModelError, match="no such file"):
+    with pytest.raises(ModelFileError, match="no such file"):
         LocalLLMServer(model_path=tmp_path / "none.gguf", log_dir=tmp_path).__enter__()
     fake = tmp_path / "model.gguf"
     fake.write_bytes(b"PK\x03\x04 not a gguf")
-    with pytest.raises(ModelError, match="not a GGUF file"):
+    with pytest.raises(ModelFileError, match="not a GGUF file"):
         local_model.resolve_model(fake)
 
 
 def test_a_file_named_like_a_packaged_model_must_be_that_model(tmp_path):
     impostor = tmp_path / local_model.QWEN_CODER_15B.filename
     impostor.write_bytes(b"GGUF" + b"\0" * 64)
-    with pytest.raises(ModelError, match="expected 1117320768"):
+    with pytest.raises(ModelFileError, match="expected 1117320768"):
         local_model.resolve_model(impostor)
     other = tmp_path / "my-model.gguf"
     other.write_bytes(b"GGUF" + b"\0" * 64)

@@ -1,6 +1,6 @@
-"""The LLM factory and the record of every call.
+"""LLM settings, the provider registry and the record of every call.
 
-``--llm`` picks one of three back ends, all behind langchain's ``BaseChatModel``:
+``--llm KIND[:TARGET]`` picks a provider, all behind langchain's ``BaseChatModel``:
 
 * ``openai:MODEL`` — any OpenAI-compatible endpoint through ``ChatOpenAI``
   (OpenAI, DeepSeek, Qwen, a local vLLM / llama.cpp / Ollama server);
@@ -8,10 +8,14 @@
   (started by :func:`open_llm`, or already running at ``--llm-base-url``);
 * ``scripted:FILE`` — recorded responses replayed (agents.scripted).
 
-Retries with exponential backoff on rate limits (429), 5xx, timeouts and
-dropped connections are the OpenAI client's own (``max_retries``; it honours
-``Retry-After``). Every call goes through :func:`call_llm`, which returns an
-:class:`LLMCallRecord` for the store; this package never writes the database.
+Each provider is one :class:`LLMProvider` subclass registered with
+:func:`register_provider` (the shape of OpenEvolve's ``llm/base.py`` +
+``init_client``): a new provider is one class in this file, nothing else
+changes (docs/extending.md shows the diff). Retries with exponential backoff
+on rate limits (429), 5xx, timeouts and dropped connections are the OpenAI
+client's own (``max_retries``; it honours ``Retry-After``). Every call goes
+through :func:`call_llm`, which returns an :class:`LLMCallRecord` for the
+store; this package never writes the database.
 """
 from __future__ import annotations
 
@@ -26,20 +30,17 @@ import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
 
-KINDS = ("openai", "local", "scripted")
+from agents.llm_errors import LLMConfigError, LLMUnavailable
+from agents.scripted import ScriptedChatModel, load_script
 
-
-class LLMConfigError(ValueError):
-    """The LLM settings are wrong (bad --llm spec, missing key or file)."""
-
-
-class LLMUnavailable(RuntimeError):
-    """The LLM endpoint cannot be reached or the local server cannot start."""
+__all__ = ["LLMConfigError", "LLMUnavailable", "LLMCallError", "LLMSettings", "LLMCallRecord", "LLMProvider",
+           "PROVIDERS", "register_provider", "provider_for", "make_llm", "open_llm", "call_llm",
+           "add_llm_arguments", "settings_from_args", "settings_with_args"]
 
 
 class LLMCallError(RuntimeError):
@@ -55,7 +56,7 @@ class LLMSettings:
     """How to reach the LLM. Built once from the CLI, passed down unchanged."""
 
     spec: str = "local"
-    """``openai:MODEL`` | ``local`` | ``scripted:FILE``."""
+    """``KIND`` or ``KIND:TARGET``, e.g. ``openai:MODEL`` | ``local`` | ``scripted:FILE``."""
     base_url: str | None = None
     """Endpoint, e.g. ``http://127.0.0.1:8080/v1``. openai: default ``$OPENAI_BASE_URL``
     (then OpenAI itself); local: None = start the embedded server."""
@@ -79,11 +80,11 @@ class LLMSettings:
     """Extra JSON fields for each request (e.g. a grammar for llama.cpp)."""
 
     def __post_init__(self) -> None:
-        kind, _, target = self.spec.partition(":")
-        if kind not in KINDS:
-            raise LLMConfigError(f"--llm {self.spec!r}: expected openai:MODEL, local or scripted:FILE")
-        if kind in ("openai", "scripted") and not target:
-            raise LLMConfigError(f"--llm {self.spec!r}: '{kind}:' needs a {'model' if kind == 'openai' else 'file'}")
+        provider = PROVIDERS.get(self.kind)
+        if provider is None:
+            raise LLMConfigError(f"--llm {self.spec!r}: expected {_usage_list()}")
+        if provider.target and not self.target:
+            raise LLMConfigError(f"--llm {self.spec!r}: '{self.kind}:' needs a {provider.target.lower()}")
         if not 0.0 <= self.temperature <= 2.0:
             raise LLMConfigError(f"--llm-temperature {self.temperature}: expected 0..2")
         if self.max_tokens < 1 or self.timeout_s <= 0 or self.retries < 0:
@@ -95,7 +96,7 @@ class LLMSettings:
 
     @property
     def target(self) -> str:
-        """The model name (openai), the file (scripted), or '' (local)."""
+        """What follows ``KIND:`` (the model name for openai, the file for scripted), or ''."""
         return self.spec.partition(":")[2]
 
 
@@ -114,29 +115,142 @@ class LLMCallRecord:
     model: str = ""
 
 
-def make_llm(settings: LLMSettings) -> BaseChatModel:
-    """A chat model for ``settings``. Raises LLMConfigError / LLMUnavailable."""
-    if settings.kind == "scripted":
-        from agents.scripted import ScriptedChatModel, load_script
+# -- providers -----------------------------------------------------------------------
+class LLMProvider:
+    """One way to get a chat model. Subclass, set ``kind``, implement :meth:`make`, and
+    decorate with :func:`register_provider`; ``--llm KIND[:TARGET]`` then reaches it."""
 
-        return ScriptedChatModel(script=load_script(settings.target))
-    if settings.kind == "local":
+    kind: ClassVar[str]
+    target: ClassVar[str | None] = None
+    """What ``KIND:`` must be followed by (``MODEL``, ``FILE``), or None for nothing."""
+    defaults: ClassVar[Mapping[str, Any]] = {}
+    """LLMSettings fields this provider defaults differently when the CLI leaves them unset."""
+
+    @property
+    def usage(self) -> str:
+        return f"{self.kind}:{self.target}" if self.target else self.kind
+
+    def check(self, settings: LLMSettings) -> None:
+        """Raise LLMConfigError for settings that cannot work, before any file is written."""
+
+    def make(self, settings: LLMSettings) -> BaseChatModel:
+        """The chat model; raise LLMConfigError / LLMUnavailable when it cannot be built."""
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def open(self, settings: LLMSettings) -> Iterator[BaseChatModel]:
+        """The chat model for the length of a run (override to start and stop a server)."""
+        yield self.make(settings)
+
+
+PROVIDERS: dict[str, LLMProvider] = {}
+"""kind -> provider, in registration order (the first is listed first in --help)."""
+
+
+def register_provider(cls: type[LLMProvider]) -> type[LLMProvider]:
+    """Class decorator: make ``cls`` reachable as ``--llm cls.kind``."""
+    PROVIDERS[cls.kind] = cls()
+    return cls
+
+
+def provider_for(settings: LLMSettings) -> LLMProvider:
+    return PROVIDERS[settings.kind]
+
+
+def _usage_list() -> str:
+    names = [p.usage for p in PROVIDERS.values()]
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else "".join(names)
+
+
+@register_provider
+class OpenAIProvider(LLMProvider):
+    """Any OpenAI-compatible endpoint; the key comes from ``$api_key_env``."""
+
+    kind, target = "openai", "MODEL"
+
+    def make(self, settings: LLMSettings) -> BaseChatModel:
+        base_url = settings.base_url or os.environ.get("OPENAI_BASE_URL") or None
+        key = os.environ.get(settings.api_key_env)
+        if not key and base_url is None:
+            raise LLMConfigError(
+                f"--llm {settings.spec}: no API key in ${settings.api_key_env} "
+                "(set it, name another variable with --llm-api-key-env, or give --llm-base-url)"
+            )
+        return chat_openai(settings, model=settings.target, base_url=base_url, key=key or "unused")
+
+
+@register_provider
+class LocalProvider(LLMProvider):
+    """The embedded offline model (agents.local_server), or a server already at ``base_url``."""
+
+    kind = "local"
+    defaults = {"max_tokens": 700, "timeout_s": 900.0, "retries": 0}
+    """For the embedded model on 2 CPU cores (benchmarks/results/local_llm.json): an
+    init prompt of ~4k tokens takes minutes, so a short timeout only cancels work
+    and a retry would redo it; 700 tokens hold a reasoning and one proxy."""
+
+    def make(self, settings: LLMSettings) -> BaseChatModel:
         if settings.base_url is None:
             raise LLMConfigError("--llm local: no server URL; use open_llm() to start one or pass --llm-base-url")
         check_endpoint(settings.base_url)
         model = Path(settings.local_model).stem if settings.local_model else "local"  # the server ignores it
-        return _chat_openai(settings, model=model, base_url=settings.base_url, key="local")
-    base_url = settings.base_url or os.environ.get("OPENAI_BASE_URL") or None
-    key = os.environ.get(settings.api_key_env)
-    if not key and base_url is None:
-        raise LLMConfigError(
-            f"--llm {settings.spec}: no API key in ${settings.api_key_env} "
-            "(set it, name another variable with --llm-api-key-env, or give --llm-base-url)"
-        )
-    return _chat_openai(settings, model=settings.target, base_url=base_url, key=key or "unused")
+        return chat_openai(settings, model=model, base_url=settings.base_url, key="local")
+
+    @contextlib.contextmanager
+    def open(self, settings: LLMSettings) -> Iterator[BaseChatModel]:
+        """Without ``--llm-base-url``: the embedded server, started here and stopped on exit
+        (errors and Ctrl-C included)."""
+        if settings.base_url is not None:
+            yield self.make(settings)
+            return
+        try:
+            from agents.local_model import LocalLLMError
+            from agents.local_server import LocalLLMServer
+        except ImportError as err:
+            raise LLMUnavailable(
+                f"--llm local: the embedded LLM server is not available ({err}); "
+                "run `make install`, or use --llm-base-url / --llm openai:MODEL"
+            ) from None
+        with contextlib.ExitStack() as stack:
+            try:
+                server = stack.enter_context(LocalLLMServer(model_path=settings.local_model,
+                                                            log_dir=settings.log_dir))
+            except LocalLLMError as err:  # engine or model missing, port taken, start-up timeout
+                raise LLMUnavailable(f"--llm local: {err}") from None
+            yield self.make(dataclasses.replace(settings, base_url=server.base_url))
 
 
-def _chat_openai(settings: LLMSettings, model: str, base_url: str | None, key: str) -> BaseChatModel:
+@register_provider
+class ScriptedProvider(LLMProvider):
+    """Recorded responses replayed through the real parsing (tests, offline demos)."""
+
+    kind, target = "scripted", "FILE"
+
+    def check(self, settings: LLMSettings) -> None:
+        if not Path(settings.target).is_file():
+            raise LLMConfigError(f"scripted LLM file not found: {settings.target}")
+
+    def make(self, settings: LLMSettings) -> BaseChatModel:
+        return ScriptedChatModel(script=load_script(settings.target))
+
+
+LOCAL_DEFAULTS = LocalProvider.defaults
+
+
+def make_llm(settings: LLMSettings) -> BaseChatModel:
+    """A chat model for ``settings``. Raises LLMConfigError / LLMUnavailable."""
+    return provider_for(settings).make(settings)
+
+
+@contextlib.contextmanager
+def open_llm(settings: LLMSettings) -> Iterator[BaseChatModel]:
+    """``make_llm`` plus whatever the provider must run meanwhile (the local server)."""
+    with provider_for(settings).open(settings) as llm:
+        yield llm
+
+
+def chat_openai(settings: LLMSettings, model: str, base_url: str | None, key: str) -> BaseChatModel:
+    """``ChatOpenAI`` with the settings' sampling, length, timeout and retries."""
     from langchain_openai import ChatOpenAI
 
     extra: dict[str, Any] = {}
@@ -178,29 +292,7 @@ def check_endpoint(base_url: str, timeout_s: float = 3.0) -> None:
         ) from None
 
 
-@contextlib.contextmanager
-def open_llm(settings: LLMSettings) -> Iterator[BaseChatModel]:
-    """``make_llm``, plus the embedded server's lifetime for ``--llm local``
-    without ``--llm-base-url``: started here, stopped on exit (errors, Ctrl-C)."""
-    if settings.kind != "local" or settings.base_url is not None:
-        yield make_llm(settings)
-        return
-    try:
-        from agents.local_model import LocalLLMError
-        from agents.local_server import LocalLLMServer
-    except ImportError as err:
-        raise LLMUnavailable(
-            f"--llm local: the embedded LLM server is not available ({err}); "
-            "run `make install`, or use --llm-base-url / --llm openai:MODEL"
-        ) from None
-    with contextlib.ExitStack() as stack:
-        try:
-            server = stack.enter_context(LocalLLMServer(model_path=settings.local_model, log_dir=settings.log_dir))
-        except LocalLLMError as err:  # engine or model missing, port taken, start-up timeout
-            raise LLMUnavailable(f"--llm local: {err}") from None
-        yield make_llm(dataclasses.replace(settings, base_url=server.base_url))
-
-
+# -- calls -------------------------------------------------------------------------------
 def call_llm(
     llm: BaseChatModel, messages: Sequence[BaseMessage], agent: str, template: str
 ) -> tuple[str, LLMCallRecord]:
@@ -236,39 +328,68 @@ def render_messages(messages: Sequence[BaseMessage]) -> str:
     return "\n\n".join(f"[{m.type}]\n{m.content}" for m in messages)
 
 
-LOCAL_DEFAULTS = {"max_tokens": 700, "timeout_s": 900.0, "retries": 0}
-"""For the embedded model on 2 CPU cores (benchmarks/results/local_llm.json): an
-init prompt of ~4k tokens takes minutes, so a short timeout only cancels work
-and a retry would redo it; 700 tokens hold a reasoning and one proxy."""
+# -- command line ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Option:
+    flag: str
+    field: str
+    type: type = str
+    help: str = ""
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+def _local(name: str) -> str:
+    return f"local: {LocalProvider.defaults[name]:g}"
+
+
+OPTIONS: tuple[_Option, ...] = (
+    _Option("--llm", "spec", help="{providers} (default: local)"),
+    _Option("--llm-base-url", "base_url",
+            help="OpenAI-compatible endpoint (default: $OPENAI_BASE_URL; local: start the embedded server)"),
+    _Option("--llm-api-key-env", "api_key_env",
+            help=f"environment variable holding the API key (default: {LLMSettings.api_key_env})"),
+    _Option("--llm-model", "local_model", help="GGUF file for --llm local (default: the packaged model)"),
+    _Option("--llm-temperature", "temperature", float, f"default: {LLMSettings.temperature:g}"),
+    _Option("--llm-max-tokens", "max_tokens", int, f"default: {LLMSettings.max_tokens}; {_local('max_tokens')}"),
+    _Option("--llm-timeout", "timeout_s", float,
+            f"seconds per request (default: {LLMSettings.timeout_s:g}; {_local('timeout_s')})"),
+    _Option("--llm-retries", "retries", int,
+            f"retries on 429 / 5xx / timeouts (default: {LLMSettings.retries}; {_local('retries')})"),
+)
+"""The ``--llm*`` options and the LLMSettings field each one sets: the one map between them."""
 
 
 def add_llm_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``--llm*`` options, for any CLI that needs an LLM."""
-    d = LLMSettings()
-    g = parser.add_argument_group("LLM")
-    g.add_argument("--llm", default=d.spec, help="openai:MODEL | local | scripted:FILE (default: %(default)s)")
-    g.add_argument("--llm-base-url", default=None,
-                   help="OpenAI-compatible endpoint (default: $OPENAI_BASE_URL; local: start the embedded server)")
-    g.add_argument("--llm-api-key-env", default=d.api_key_env,
-                   help="environment variable holding the API key (default: %(default)s)")
-    g.add_argument("--llm-model", default=None, help="GGUF file for --llm local (default: the packaged model)")
-    g.add_argument("--llm-temperature", type=float, default=d.temperature)
-    g.add_argument("--llm-max-tokens", type=int, default=None,
-                   help=f"default {d.max_tokens}; local: {LOCAL_DEFAULTS['max_tokens']}")
-    g.add_argument("--llm-timeout", type=float, default=None,
-                   help=f"seconds per request (default {d.timeout_s:g}; local: {LOCAL_DEFAULTS['timeout_s']:g})")
-    g.add_argument("--llm-retries", type=int, default=None,
-                   help=f"retries on 429 / 5xx / timeouts (default {d.retries}; local: {LOCAL_DEFAULTS['retries']})")
+    """The ``--llm*`` options, for any CLI that needs an LLM (unset options stay None)."""
+    group = parser.add_argument_group("LLM")
+    for option in OPTIONS:
+        usage = " | ".join(p.usage for p in PROVIDERS.values())  # registered by now, late ones included
+        group.add_argument(option.flag, type=option.type, default=None,
+                           help=option.help.replace("{providers}", usage))
+
+
+def settings_with_args(base: LLMSettings | None, args: argparse.Namespace, **fixed: Any) -> LLMSettings:
+    """``base`` with the ``--llm*`` options that were given; ``fixed`` fields (seed, log_dir) last.
+
+    Options left unset keep ``base``'s value, or, when the provider kind changes
+    (or there is no base), take the new provider's defaults (LocalProvider.defaults).
+    """
+    given = {o.field: getattr(args, o.dest) for o in OPTIONS if getattr(args, o.dest, None) is not None}
+    spec = given.get("spec", base.spec if base is not None else LLMSettings.spec)
+    kind = spec.partition(":")[0]
+    if base is None or base.kind != kind:
+        provider = PROVIDERS.get(kind)
+        start = {**(provider.defaults if provider else {}), "spec": spec}
+        if base is not None:  # a new provider keeps the run's sampling seed and log folder
+            start.update(seed=base.seed, log_dir=base.log_dir)
+        base = LLMSettings(**{**start, **{k: v for k, v in given.items() if k != "spec"}})
+    return dataclasses.replace(base, **given, **fixed)
 
 
 def settings_from_args(args: argparse.Namespace, log_dir: str | None = None, seed: int | None = None) -> LLMSettings:
     """LLMSettings from the options of :func:`add_llm_arguments`; options left
-    unset take the defaults of the chosen kind (``LOCAL_DEFAULTS`` for local)."""
-    defaults = dict(LOCAL_DEFAULTS) if args.llm == "local" else {}
-    chosen = {"max_tokens": args.llm_max_tokens, "timeout_s": args.llm_timeout, "retries": args.llm_retries}
-    overrides = defaults | {k: v for k, v in chosen.items() if v is not None}
-    return LLMSettings(
-        spec=args.llm, base_url=args.llm_base_url, api_key_env=args.llm_api_key_env,
-        temperature=args.llm_temperature, seed=seed, **overrides,
-        local_model=args.llm_model, log_dir=log_dir,
-    )
+    unset take the defaults of the chosen provider (``LocalProvider.defaults`` for local)."""
+    return settings_with_args(None, args, log_dir=log_dir, seed=seed)

@@ -23,7 +23,7 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import PrivateAttr
 
-from agents.llm import LLMConfigError
+from agents.llm_errors import LLMConfigError
 
 
 class ScriptError(LLMConfigError):

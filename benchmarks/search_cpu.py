@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from graph.config import parse_run_args
+from graph.cli import parse_run_args
 from graph.run import execute
 
 ROOT = Path(__file__).resolve().parent.parent

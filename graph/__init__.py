@@ -3,8 +3,11 @@ writes the database.
 
 | module | job |
 |---|---|
-| `config.py` | command line -> one frozen `RunConfig` (bad input: one line, exit 2) |
-| `controller.py` | template weights: paper Eq. 7/8 (degenerate cases handled) or Bradley-Terry pairs |
+| `config.py` | the frozen `RunConfig` (and `ConfigError`: one line, exit 2) |
+| `cli.py` | command line -> `RunConfig` (fresh, `--resume`, `--branch`) |
+| `lineage.py` | what a resumed or branched run continues from, read from the store |
+| `validate.py` | checks before anything is written |
+| `controller.py` | template update rules, one class each: paper Eq. 7/8 (degenerate cases handled), Bradley-Terry pairs |
 | `state.py` | the checkpointed state (TypedDicts with reducers), population and library rules |
 | `nodes.py` | controller, proposer / mutator / crossover, evaluate, critic, select, finalize |
 | `build.py` | the LangGraph wiring |

@@ -1,6 +1,12 @@
 """The template controller: which evolution operator drafts the next candidates.
 
-Two update rules over per-template weights, chosen with ``--controller``:
+Update rules over per-template weights, chosen with ``--controller``; each is
+one :class:`UpdateRule` subclass registered with :func:`register_rule` (the
+shape of ShinkaEvolve's ``BanditBase``), so a new rule is one class here.
+A rule maps the current probabilities and the generation's outcomes to new
+*weights* (unnormalised); the probabilities are always the weights
+normalised, with the floor (:func:`probabilities`, Eq. 8). State and store keep
+both.
 
 ``paper`` -- the TAP paper's multiplicative update (Eq. 7/8)::
 
@@ -26,28 +32,28 @@ written the rule breaks on real data; the cases and what we do:
   ``floor`` (default 0.05) and renormalised, so no template is ever starved
   and can come back if it starts to win.
 
-``alpha_c`` multiplies every weight alike, so it cancels in Eq. 8; it is kept
-for fidelity to the paper (and only matters for the unnormalised weights shown
-in the report).
+Eq. 7 multiplies the previous generation's *floored probabilities* (the
+weights renormalised), so weights never drift to 0 or overflow over many
+generations and a floored template can come back. ``alpha_c`` multiplies every
+weight alike, so it cancels in Eq. 8; it is kept for fidelity to the paper and
+shows in the unnormalised weights.
 
 ``dpo`` -- a preference-pair update over template logits (Bradley-Terry, the
 same form as the DPO loss without a reference model). Every pair of
 candidates (a, b) of the generation with F(a) > F(b) and different templates
 is one preference "template(a) over template(b)"; one gradient step on
-``-log sigmoid(beta * (l_a - l_b))`` moves the logits; p = softmax(l) with
-the same floor.
+``-log sigmoid(beta * (l_a - l_b))`` moves the logits (l = log p); the
+weights are exp(l), so p = softmax(l) with the same floor.
 """
 from __future__ import annotations
 
 import math
 import random
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import ClassVar, Iterable, Mapping
 
 TEMPLATES: tuple[str, ...] = ("init", "mutation", "crossover")
 """The three prompt templates = evolution operators (paper Sec. 3)."""
-
-CONTROLLERS: tuple[str, ...] = ("paper", "dpo")
 
 
 @dataclass(frozen=True)
@@ -55,7 +61,7 @@ class ControllerSettings:
     """Knobs of both update rules."""
 
     kind: str = "paper"
-    """``paper`` (Eq. 7/8 multiplicative) or ``dpo`` (Bradley-Terry pairs)."""
+    """A registered rule: ``paper`` (Eq. 7/8 multiplicative) or ``dpo`` (Bradley-Terry pairs)."""
     alpha_c: float = 1.0
     """Eq. 7's step constant; cancels in the probabilities (see module doc)."""
     floor: float = 0.05
@@ -123,28 +129,81 @@ def finite_fitness(values: list[float]) -> list[float] | None:
     return [v if math.isfinite(v) else lo - spread for v in values]
 
 
-def paper_update(
-    weights: Mapping[str, float], outcomes: Iterable[Outcome], settings: ControllerSettings
-) -> dict[str, float]:
-    """Eq. 7 with the degenerate cases of the module docstring; returns new weights.
+class UpdateRule:
+    """One template update rule. Subclass, set ``name``, implement :meth:`weights`,
+    and decorate with :func:`register_rule`; ``--controller NAME`` then reaches it."""
 
-    The result is renormalised to sum to 1 with the floor applied, so weights
-    never drift to 0 or overflow across many generations.
+    name: ClassVar[str]
+
+    def weights(self, probs: Mapping[str, float], outcomes: list[Outcome],
+                settings: ControllerSettings) -> dict[str, float]:
+        """New unnormalised weights from the current probabilities and this generation's outcomes."""
+        raise NotImplementedError
+
+
+RULES: dict[str, UpdateRule] = {}
+"""name -> rule, in registration order."""
+
+
+def register_rule(cls: type[UpdateRule]) -> type[UpdateRule]:
+    """Class decorator: make ``cls`` reachable as ``--controller cls.name``."""
+    RULES[cls.name] = cls()
+    return cls
+
+
+def rule_names() -> tuple[str, ...]:
+    """The registered rules (the choices of ``--controller``)."""
+    return tuple(RULES)
+
+
+@register_rule
+class PaperRule(UpdateRule):
+    """Eq. 7 with the degenerate cases of the module docstring."""
+
+    name = "paper"
+
+    def weights(self, probs: Mapping[str, float], outcomes: list[Outcome],
+                settings: ControllerSettings) -> dict[str, float]:
+        fitness = finite_fitness([o.fitness for o in outcomes])
+        if fitness is None:  # no finite fitness: no evidence, nothing moves
+            return {t: p * settings.alpha_c for t, p in probs.items()}
+        lo, hi = min(fitness), max(fitness)
+        eps = 0.05 * (hi - lo) if hi > lo else 1.0
+        shifted = [f - lo + eps for f in fitness]
+        mean_all = sum(shifted) / len(shifted)
+        new = {}
+        for template, p in probs.items():
+            mine = [s for o, s in zip(outcomes, shifted) if o.template == template]
+            ratio = (sum(mine) / len(mine)) / mean_all if mine else 1.0  # no candidates: no evidence
+            new[template] = p * settings.alpha_c * ratio
+        return new
+
+
+@register_rule
+class PreferenceRule(UpdateRule):
+    """One Bradley-Terry gradient step on template logits l = log p; weights = exp(l).
+
+    loss = mean over pairs of -log sigmoid(beta * margin_scale * (l_w - l_l)),
+    d loss / d l_w = -(1 - sigmoid(z)), d loss / d l_l = +(1 - sigmoid(z)).
+    The pair's fitness margin weights it (larger wins say more). With no pair
+    (one template only, or no finite fitness) the weights do not change.
     """
-    outcomes = list(outcomes)
-    fitness = finite_fitness([o.fitness for o in outcomes])
-    if fitness is None:
-        return probabilities(weights, settings.floor)
-    lo, hi = min(fitness), max(fitness)
-    eps = 0.05 * (hi - lo) if hi > lo else 1.0
-    shifted = [f - lo + eps for f in fitness]
-    mean_all = sum(shifted) / len(shifted)
-    new = dict(weights)
-    for template in weights:
-        mine = [s for o, s in zip(outcomes, shifted) if o.template == template]
-        ratio = (sum(mine) / len(mine)) / mean_all if mine else 1.0  # no candidates: no evidence
-        new[template] = weights[template] * settings.alpha_c * ratio
-    return probabilities(new, settings.floor)
+
+    name = "dpo"
+
+    def weights(self, probs: Mapping[str, float], outcomes: list[Outcome],
+                settings: ControllerSettings) -> dict[str, float]:
+        logits = {t: math.log(max(p, 1e-12)) for t, p in probabilities(probs).items()}
+        grad = {t: 0.0 for t in logits}
+        pairs = preference_pairs(outcomes)
+        total_margin = sum(m for _, _, m in pairs)
+        for win, lose, margin in pairs:
+            z = logits[win] - logits[lose]
+            pull = (1.0 - _sigmoid(z)) * margin / total_margin
+            grad[win] += pull
+            grad[lose] -= pull
+        top = max(logits.values())  # exp of logits relative to the largest: no overflow
+        return {t: math.exp(l - top + settings.learning_rate * settings.beta * grad[t]) for t, l in logits.items()}
 
 
 def preference_pairs(outcomes: Iterable[Outcome]) -> list[tuple[str, str, float]]:
@@ -166,41 +225,19 @@ def preference_pairs(outcomes: Iterable[Outcome]) -> list[tuple[str, str, float]
     return pairs
 
 
-def dpo_update(
-    weights: Mapping[str, float], outcomes: Iterable[Outcome], settings: ControllerSettings
-) -> dict[str, float]:
-    """One Bradley-Terry gradient step on template logits; returns new weights (= probabilities).
-
-    loss = mean over pairs of -log sigmoid(beta * margin_scale * (l_w - l_l)),
-    d loss / d l_w = -(1 - sigmoid(z)), d loss / d l_l = +(1 - sigmoid(z)).
-    The pair's fitness margin weights it (larger wins say more). With no pair
-    (one template only, or no finite fitness) the weights do not change.
-    """
-    probs = probabilities(weights)
-    logits = {t: math.log(max(p, 1e-12)) for t, p in probs.items()}
-    pairs = preference_pairs(outcomes)
-    if not pairs:
-        return apply_floor(probs, settings.floor)
-    grad = {t: 0.0 for t in logits}
-    total_margin = sum(m for _, _, m in pairs)
-    for win, lose, margin in pairs:
-        z = logits[win] - logits[lose]
-        pull = (1.0 - _sigmoid(z)) * margin / total_margin
-        grad[win] += pull
-        grad[lose] -= pull
-    logits = {t: l + settings.learning_rate * settings.beta * grad[t] for t, l in logits.items()}
-    return apply_floor(_softmax(logits), settings.floor)
-
-
 def update(
-    weights: Mapping[str, float], outcomes: Iterable[Outcome], settings: ControllerSettings
-) -> dict[str, float]:
-    """Dispatch to the rule named by ``settings.kind``."""
-    if settings.kind == "paper":
-        return paper_update(weights, outcomes, settings)
-    if settings.kind == "dpo":
-        return dpo_update(weights, outcomes, settings)
-    raise ValueError(f"unknown controller {settings.kind!r}; choose from {', '.join(CONTROLLERS)}")
+    probs: Mapping[str, float], outcomes: Iterable[Outcome], settings: ControllerSettings
+) -> tuple[dict[str, float], dict[str, float]]:
+    """(weights, probabilities) after one generation, by the rule named ``settings.kind``.
+
+    Outcomes of candidates that no template drafted (human seeds) carry no
+    evidence about the templates and are left out.
+    """
+    rule = RULES.get(settings.kind)
+    if rule is None:
+        raise ValueError(f"unknown controller {settings.kind!r}; choose from {', '.join(RULES)}")
+    weights = rule.weights(probs, [o for o in outcomes if o.template in probs], settings)
+    return weights, probabilities(weights, settings.floor)
 
 
 def draw_operators(
@@ -223,10 +260,3 @@ def _sigmoid(z: float) -> float:
         return 1.0 / (1.0 + math.exp(-z))
     e = math.exp(z)
     return e / (1.0 + e)
-
-
-def _softmax(logits: Mapping[str, float]) -> dict[str, float]:
-    top = max(logits.values())
-    exp = {t: math.exp(l - top) for t, l in logits.items()}
-    total = sum(exp.values())
-    return {t: e / total for t, e in exp.items()}

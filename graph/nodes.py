@@ -336,20 +336,20 @@ def select(state: SearchState, runtime: Runtime[Context]) -> dict:
     population = replace_population(state.get("population", []), new, search.population)
     library = context_library(state["archive"])
     outcomes = [Outcome(r["operator"], r["phi"]) for r in sorted(new, key=lambda r: r["slot"])]
-    weights = update(state["weights"], outcomes, search.controller)
+    weights, probs = update(state["probs"], outcomes, search.controller)
     best = population[0] if population and math.isfinite(population[0]["phi"]) else state.get("best")
     finite = [r["phi"] for r in new if math.isfinite(r["phi"])]
     ctx.store.record_controller({"generation": gen, "kind": search.controller.kind, "weights": weights,
-                                 "probs": weights, "outcomes": [[o.template, _num(o.fitness)] for o in outcomes]})
+                                 "probs": probs, "outcomes": [[o.template, _num(o.fitness)] for o in outcomes]})
     ctx.store.record_generation({
         "generation": gen, "candidates": len(new), "ok": len(finite),
         "best_phi": max(finite) if finite else None, "mean_phi": sum(finite) / len(finite) if finite else None,
         "best_id": best["id"] if best else None, "population": [summary(r) for r in population],
         "plan": [{"id": c["id"], "operator": c["operator"]} for c in state["candidates"]]})
-    runtime.stream_writer({"event": "select", "generation": gen, "probs": weights,
+    runtime.stream_writer({"event": "select", "generation": gen, "probs": probs,
                            "population": [summary(r) for r in population],
                            "best": summary(best, code=True) if best else None})
-    return {"population": population, "library": library, "weights": weights, "probs": weights,
+    return {"population": population, "library": library, "weights": weights, "probs": probs,
             "best": best, "generation": gen + 1, "candidates": []}
 
 

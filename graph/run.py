@@ -26,7 +26,8 @@ from agents.context import DraftContext, describe_task
 from agents.llm import LLMConfigError, LLMUnavailable, open_llm
 from agents.prompts import PromptSet
 from graph.build import build_graph, thread_config
-from graph.config import ConfigError, RunConfig, parse_run_args
+from graph.cli import parse_run_args
+from graph.config import ConfigError, RunConfig
 from graph.controller import initial_weights, probabilities
 from graph.nodes import Clock, Context, Evaluate
 from graph.report import write_outputs
@@ -147,9 +148,10 @@ def _initial_state(config: RunConfig, store: RunStore) -> SearchState:
     """Generation 0 of a fresh run, or the parent's state at the end of the branch generation."""
     if config.parent_run is not None:
         return _branch_state(config, store)
-    weights = probabilities(initial_weights(), config.search.controller.floor)
+    weights = initial_weights()
     return SearchState(run_id=config.run_id, generation=0, candidates=[], archive=[], population=[],
-                       library=[], weights=weights, probs=weights, best=None)
+                       library=[], weights=weights, probs=probabilities(weights, config.search.controller.floor),
+                       best=None)
 
 
 def _branch_state(config: RunConfig, store: RunStore) -> SearchState:

@@ -75,8 +75,9 @@ class SearchState(TypedDict, total=False):
     population: list[ProxyRecord]
     library: list[ProxyRecord]
     weights: dict[str, float]
-    """Controller weights (normalised, floored), one per template."""
+    """Controller weights after the last update, one per template (unnormalised, graph.controller)."""
     probs: dict[str, float]
+    """The weights normalised, with the floor: what the next generation's operators are drawn from."""
     best: ProxyRecord | None
     final: dict
     """finalize()'s summary: test accuracy of the best proxy's allocation, output paths."""

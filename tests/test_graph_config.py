@@ -3,7 +3,8 @@ import dataclasses
 
 import pytest
 
-from graph.config import ConfigError, RunConfig, parse_run_args
+from graph.cli import parse_run_args
+from graph.config import ConfigError, RunConfig
 from graph.run import hold_run_lock
 
 SCRIPT = "scripted:tests/data/scripted_llm.json"

@@ -1,0 +1,122 @@
+"""``python -m graph.run``'s command line -> one checked, frozen RunConfig.
+
+Every option's default is None so that ``--resume`` / ``--branch`` can tell
+what was given. Task options are stored under ``task.<field>`` destinations:
+the :class:`mpq.task.Task` field each one sets is named where the option is
+declared, so no second table restates them.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from agents.llm import LLMConfigError, add_llm_arguments, settings_with_args
+from graph.config import ConfigError, RunConfig, new_run_id
+from graph.controller import rule_names
+from graph.lineage import branch_point, resumed_config
+from graph.validate import parse_bits, validate
+from mpq.data import DATASET_NAMES
+from sandbox.pool import BACKEND_NAMES
+
+SANDBOXES = BACKEND_NAMES
+"""``--sandbox`` choices: ``auto`` (the pool picks) and every registered backend."""
+TASK_PREFIX = "task."
+TASK_PARSERS = {"bits": parse_bits}
+"""Task fields whose option text needs more than argparse's ``type`` (errors as ConfigError)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m graph.run",
+        description="TAP search: LLM agents evolve training-free MPQ proxies.")
+    task = p.add_argument_group("task")
+
+    def task_option(flag: str, field: str, help: str, **kwargs) -> None:
+        task.add_argument(flag, dest=TASK_PREFIX + field, metavar=field.upper(), help=help, **kwargs)
+
+    task_option("--model", "model", "model registry name (default: mobilenetv2)")
+    task_option("--dataset", "dataset", "default: embedded", choices=DATASET_NAMES)
+    task_option("--data-root", "data_root", "folder holding the data set")
+    task_option("--weights", "weights", "checkpoint path or 'torchvision' (default: the project's)")
+    task_option("--budget", "budget", '"3avg" | "1.5MB" | "8x" (default: 3avg)')
+    task_option("--bits", "bits", "candidate weight bits, comma-separated (default: 2,4,8)")
+    task_option("--alpha", "alpha", "phi = alpha*rho + (1-alpha)*acc (default: 0.1)", type=float)
+    task_option("--calibration", "calib_size", "calibration images (default: 16)", type=int)
+    task_option("--eval-limit", "eval_limit", "cap on search-split images for acc_quant", type=int)
+    task_option("--device", "device", "cpu | cuda (default: cpu)")
+    search = p.add_argument_group("search")
+    search.add_argument("--generations", type=int, help="T (default: 5)")
+    search.add_argument("--population", type=int, help="N (default: 8)")
+    search.add_argument("--repairs", type=int, help="critic repairs per candidate, R (default: 2)")
+    search.add_argument("--controller", choices=rule_names(), help="template update rule (default: paper)")
+    search.add_argument("--prompts", help="prompt folder (default: prompts/)")
+    add_llm_arguments(p)
+    run = p.add_argument_group("run")
+    run.add_argument("--sandbox", choices=SANDBOXES, help="default: auto")
+    run.add_argument("--workers", type=int, help="evaluator slots (default: 1)")
+    run.add_argument("--eval-timeout", type=float, help="seconds per evaluation (default: 600)")
+    run.add_argument("--seed", type=int, help="search seed: operator draws, parents, LLM sampling (default: 0)")
+    run.add_argument("--runs-dir", default="runs", help="default: %(default)s")
+    run.add_argument("--run-id", help="name of the new run (default: a timestamp)")
+    run.add_argument("--no-tui", action="store_true", help="plain log lines instead of the live view")
+    run.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--resume", metavar="RUN_ID", help="continue an interrupted run")
+    where.add_argument("--branch", metavar="RUN_ID@GEN", help="new run from the end of generation GEN of RUN_ID")
+    return p
+
+
+def parse_run_args(argv: list[str] | None = None) -> RunConfig:
+    """``graph.run``'s arguments -> a checked RunConfig (fresh, resumed or branched)."""
+    args = build_parser().parse_args(argv)
+    if args.resume:
+        stored = resumed_config(args.runs_dir, args.resume)
+        return dataclasses.replace(stored, runs_dir=args.runs_dir, tui=not args.no_tui, json=args.json,
+                                   resume=True, workers=args.workers or stored.workers)
+    if args.branch:
+        base, parent, generation = branch_point(args.runs_dir, args.branch)
+        base = dataclasses.replace(base, run_id=args.run_id or new_run_id(), parent_run=parent,
+                                   parent_generation=generation, resume=False)
+        config = apply_overrides(base, args, fresh=False)
+    else:
+        config = apply_overrides(RunConfig(run_id=args.run_id or new_run_id(), runs_dir=args.runs_dir), args,
+                                 fresh=True)
+    validate(config, fresh=True)
+    return config
+
+
+def task_changes(args: argparse.Namespace) -> dict:
+    """The Task fields given on the command line, parsed."""
+    changes = {}
+    for dest, value in vars(args).items():
+        if dest.startswith(TASK_PREFIX) and value is not None:
+            name = dest[len(TASK_PREFIX):]
+            changes[name] = TASK_PARSERS[name](value) if name in TASK_PARSERS else value
+    return changes
+
+
+def apply_overrides(base: RunConfig, args: argparse.Namespace, fresh: bool) -> RunConfig:
+    """``base`` with the options that were given; a branch (not fresh) keeps the parent's task."""
+    changes = task_changes(args)
+    if changes and not fresh:
+        raise ConfigError(f"--branch keeps the parent's task; cannot change {', '.join(sorted(changes))}")
+    # --seed is the search's seed (operator draws, parents, LLM sampling); the task's own seed
+    # (data split, calibration images) stays, so runs and branches judge proxies alike.
+    seed = args.seed if args.seed is not None else base.seed
+    controller = base.search.controller
+    if args.controller:
+        controller = dataclasses.replace(controller, kind=args.controller)
+    search = dataclasses.replace(
+        base.search, controller=controller,
+        **{k: getattr(args, k) for k in ("generations", "population", "repairs") if getattr(args, k) is not None})
+    try:
+        llm = settings_with_args(None if fresh else base.llm, args, seed=seed)
+    except LLMConfigError as err:
+        raise ConfigError(str(err)) from None
+    return dataclasses.replace(
+        base, task=dataclasses.replace(base.task, **changes), search=search, llm=llm, seed=seed,
+        prompts_dir=args.prompts if args.prompts is not None else base.prompts_dir,
+        sandbox=args.sandbox or base.sandbox,
+        workers=args.workers if args.workers is not None else base.workers,
+        eval_timeout_s=args.eval_timeout if args.eval_timeout is not None else base.eval_timeout_s,
+        runs_dir=args.runs_dir, tui=not args.no_tui, json=args.json)

@@ -1,9 +1,10 @@
 """The critic: repair a proxy that failed in the sandbox.
 
-:func:`repair` is one LLM call. :func:`repair_loop` is the paper's loop for
-callers without a graph (tests, scripts): evaluate, and on failure ask the
-critic, at most ``max_repairs`` times (default R = 2). The graph runs the same
-loop as graph edges, calling :func:`repair` from its critic node.
+:func:`repair` is one LLM call. :func:`repair_step` is one call under the
+repair policy (what counts as a repair worth evaluating, what the next call is
+shown); it is the policy's only implementation. Two drivers run it at most R
+times: the graph's critic node (one step per node, so a run resumes between
+steps) and :func:`repair_loop` for callers without a graph (benchmarks).
 """
 from __future__ import annotations
 
@@ -35,6 +36,43 @@ def repair(
 
 
 @dataclass(frozen=True)
+class RepairStep:
+    """One critic call under the repair policy."""
+
+    draft: ProxyDraft | None
+    """The repair to evaluate; None when there is nothing new to evaluate (the try still counts)."""
+    code: str
+    """The code the next critic call is shown: the repair, the critic's own unparsable code, or the old code."""
+    failure: EvalFailure
+    """What the next critic call is told when ``draft`` is None."""
+    reason: str
+    """Why ``draft`` is None ('' when it is not)."""
+    records: tuple[LLMCallRecord, ...]
+    """The call's record (none when the call failed before one existed)."""
+
+
+def repair_step(
+    llm: BaseChatModel, prompts: PromptSet, ctx: DraftContext, code: str, failure: EvalFailure | str
+) -> RepairStep:
+    """Ask the critic once. A repair that is unusable or identical to ``code`` (same AST
+    hash) is not evaluated; one that does not parse is shown, with its error, to the
+    next call, since the critic may fix its own output."""
+    failure = failure if isinstance(failure, EvalFailure) else EvalFailure(str(failure))
+    try:
+        fixed, record = repair(llm, prompts, ctx, code, failure)
+    except DraftError as err:
+        records = (err.record,) if err.record else ()
+        if err.code:
+            return RepairStep(None, err.code, EvalFailure(err.reason), err.reason, records)
+        return RepairStep(None, code, failure, err.reason, records)
+    except LLMCallError as err:
+        return RepairStep(None, code, failure, str(err), (err.record,))
+    if fixed.ast_hash == ast_hash(code):  # same proxy: same failure, no evaluation
+        return RepairStep(None, code, failure, "critic returned the same proxy", (record,))
+    return RepairStep(fixed, fixed.code, failure, "", (record,))
+
+
+@dataclass(frozen=True)
 class RepairOutcome:
     draft: ProxyDraft
     """The last draft evaluated (the repaired one if a repair worked)."""
@@ -54,26 +92,18 @@ def repair_loop(
     evaluate: Callable[[str], EvalFailure | None],
     max_repairs: int = DEFAULT_MAX_REPAIRS,
 ) -> RepairOutcome:
-    """Evaluate ``candidate``; while it fails, ask the critic (at most
-    ``max_repairs`` times). A critic answer that is unusable or identical to
-    the failing code counts as a try and is not evaluated."""
+    """Evaluate ``candidate``; while it fails, take a :func:`repair_step` (at most
+    ``max_repairs`` times) and evaluate the repairs worth evaluating."""
     failure = evaluate(candidate.code)
     current, code, records, repairs = candidate, candidate.code, [], 0
     while failure is not None and repairs < max_repairs:
         repairs += 1
-        try:
-            fixed, record = repair(llm, prompts, ctx, code, failure)
-        except DraftError as err:
-            records += [err.record] if err.record else []
-            if err.code:  # e.g. a syntax error: the critic may fix its own output
-                code, failure = err.code, EvalFailure(err.reason)
+        step = repair_step(llm, prompts, ctx, code, failure)
+        records += step.records
+        code = step.code
+        if step.draft is None:
+            failure = step.failure
             continue
-        except LLMCallError as err:
-            records.append(err.record)
-            continue
-        records.append(record)
-        if fixed.ast_hash == ast_hash(code):  # same proxy: same failure, no evaluation
-            continue
-        current, code = fixed, fixed.code
+        current = step.draft
         failure = evaluate(code)
     return RepairOutcome(current, failure, repairs, tuple(records))

@@ -26,7 +26,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import Command, Send
 
 from agents.context import DraftContext, EvalFailure, Parent
-from agents.critic import repair
+from agents.critic import repair_step
 from agents.crossover import crossover as crossover_agent
 from agents.dedupe import ast_hash
 from agents.drafts import DraftError, ProxyDraft
@@ -259,7 +259,8 @@ def evaluate(attempt: Attempt, runtime: Runtime[Context]) -> Command:
 
 
 def critic(attempt: Attempt, runtime: Runtime[Context]) -> Command:
-    """Ask the critic to repair the failed attempt; the repair is the next attempt."""
+    """One repair step (agents.critic.repair_step, the one repair policy); a usable repair is the
+    next attempt, anything else counts as a try and goes back to the critic while tries are left."""
     ctx, spec = runtime.context, attempt["spec"]
     n = attempt["attempt"] + 1
     pid = proxy_id(spec, n)
@@ -268,22 +269,18 @@ def critic(attempt: Attempt, runtime: Runtime[Context]) -> Command:
     stored = ctx.store.get("proxies", pid)
     if stored is None:
         dctx = _draft_context(ctx, attempt.get("library", []))
-        outcome = _call_agent(ctx, lambda: repair(ctx.llm, ctx.prompts, dctx, attempt["code"],
-                                                  EvalFailure(attempt["error"])))
-        if isinstance(outcome, NoDraft) or outcome[0].ast_hash == attempt["ast_hash"]:
-            # An unusable or unchanged repair counts as a try and is not evaluated.
-            if isinstance(outcome, NoDraft):
-                reason, calls = outcome.reason, outcome.calls
-            else:
-                reason, calls = "critic returned the same proxy", [_call_row(outcome[1])]
-            ctx.store.record_llm_calls(pid, calls)
-            failed = {**attempt, "attempt": n, "error": f"{reason}; before: {attempt['error']}"}
+        step = _call_agent(ctx, lambda: repair_step(ctx.llm, ctx.prompts, dctx, attempt["code"],
+                                                    EvalFailure(attempt["error"])))
+        if step.draft is None:  # not evaluated; the critic sees its own broken code, or the old code again
+            ctx.store.record_llm_calls(pid, [_call_row(r) for r in step.records])
+            own_code = step.code != attempt["code"]
+            error = str(step.failure) if own_code else f"{step.reason}; before: {attempt['error']}"
             if n >= ctx.config.search.repairs:
-                return Command(update={"archive": [_failed(spec, failed, "error", failed["error"], n)]}, goto="select")
-            return Command(goto=Send("critic", failed))
-        draft, record = outcome
-        stored = _proxy_row(spec, n, draft)
-        ctx.store.record_proxy(stored, [_call_row(record)])
+                return Command(update={"archive": [_failed(spec, attempt, "error", error, n)]}, goto="select")
+            return Command(goto=Send("critic", {**attempt, "attempt": n, "code": step.code,
+                                                "ast_hash": ast_hash(step.code), "error": error}))
+        stored = _proxy_row(spec, n, step.draft)
+        ctx.store.record_proxy(stored, [_call_row(r) for r in step.records])
     return Command(goto=Send("evaluate", {**attempt, "attempt": n, "code": stored["code"],
                                           "reasoning": stored["reasoning"], "ast_hash": stored["ast_hash"]}))
 

@@ -104,8 +104,8 @@ def shared_values(ctx: DraftContext, exclude: tuple[str, ...] = ()) -> dict[str,
             "layers_summary": summarize_layers(ctx.layers), "library": format_library(ctx, exclude)}
 
 
-# One row of mpq.features.describe_layers: idx name kind shape k/s fmap params MACs.
-_ROW = re.compile(r"^\s*(\d+)\s+(\S+)\s+(conv|depthwise|linear)\s+(\S+)\s+(\S+)\s+(\S+)\s+([\d,]+)\s+([\d,]+)\s*$")
+# One row of mpq.features.describe_layers: idx name kind shape k/s fmap params MACs [fan_in block role].
+_ROW = re.compile(r"^\s*(\d+)\s+(\S+)\s+(conv|depthwise|linear)\s+(\S+)\s+(\S+)\s+(\S+)\s+([\d,]+)\s+([\d,]+)(?:\s+.*)?$")
 
 
 def summarize_layers(table: str, largest: int = 3) -> str:

@@ -16,8 +16,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from mpq.quant import fold_batchnorm, forward_with_hooks, quantizable_layers
+from mpq.roles import block_indices, fan_in, layer_role
 
 __all__ = ["LayerFeatures", "extract_features", "quantizable_layers", "describe_layers"]
 
@@ -44,6 +46,9 @@ class LayerFeatures:
     stride: tuple[int, int]
     groups: int
     feature_map: tuple[int, int]
+    fan_in: int = 0                # inputs per output unit (mpq/roles.py)
+    block: int = -1                # residual / transformer block, forward order; -1 = none
+    role: str = ""                 # qkv | proj | fc1 | fc2 | patch_embed | merge | head | stem | ...
     _hvp: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
 
     def hvp(self, v: torch.Tensor) -> torch.Tensor:
@@ -101,7 +106,7 @@ def extract_features(model: nn.Module, calib_images: torch.Tensor, calib_labels:
         w.requires_grad_(with_grad)
 
     captured: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    hooks = [m.register_forward_hook(_capture(captured, name)) for name, m in layers]
+    hooks = [m.register_forward_hook(_capture(captured, name, len(calib_images))) for name, m in layers]
     logits = forward_with_hooks(folded, calib_images, hooks, grad=with_grad)
     with torch.set_grad_enabled(with_grad):  # also when a caller runs under no_grad
         loss = F.cross_entropy(logits, calib_labels)
@@ -109,6 +114,7 @@ def extract_features(model: nn.Module, calib_images: torch.Tensor, calib_labels:
     hessian = _HessianBlocks(folded, weights, calib_images, calib_labels) if with_grad else None
 
     features = []
+    blocks = block_indices([name for name, _ in layers])
     for i, ((name, m), g) in enumerate(zip(layers, grads)):
         x, y = captured[name]
         features.append(LayerFeatures(
@@ -116,14 +122,23 @@ def extract_features(model: nn.Module, calib_images: torch.Tensor, calib_labels:
             weight=m.weight.detach(), bias=None if m.bias is None else m.bias.detach(),
             input=x, output=y, grad=None if g is None else g.detach(),
             _hvp=None if hessian is None else hessian.product_fn(i),
-            **_metadata(m, y)))
+            fan_in=fan_in(m), block=blocks[i], role=layer_role(name, m, i), **_metadata(m, y)))
     return features
 
 
-def _capture(store: dict, name: str):
+def _capture(store: dict, name: str, batch: int):
     def hook(_module, inputs, output):
-        store.setdefault(name, (inputs[0].detach(), output.detach()))
+        store.setdefault(name, (_per_image(inputs[0].detach(), batch), _per_image(output.detach(), batch)))
     return hook
+
+
+def _per_image(x: torch.Tensor, batch: int) -> torch.Tensor:
+    """``x`` with the calibration images on its first axis. Windowed attention (Swin)
+    runs its linears on ``[images * windows, tokens, C]``; timm partitions windows image
+    by image, so the reshape concatenates each image's windows along the token axis."""
+    if x.dim() >= 3 and x.shape[0] != batch and x.shape[0] % batch == 0:
+        return x.reshape(batch, -1, *x.shape[2:])
+    return x
 
 
 class _HessianBlocks:
@@ -135,7 +150,9 @@ class _HessianBlocks:
 
     def _gradient_graph(self) -> tuple[torch.Tensor, ...]:
         if self._grads is None:
-            with torch.enable_grad():
+            # Fused attention kernels (flash / memory-efficient SDPA) have no double
+            # backward; the math kernel is plain differentiable ops (transformers only).
+            with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
                 loss = F.cross_entropy(self._model(self._images), self._labels)
                 self._grads = torch.autograd.grad(loss, self._weights, create_graph=True)
         return self._grads
@@ -151,15 +168,20 @@ class _HessianBlocks:
 
 
 def describe_layers(layers: list[LayerFeatures]) -> str:
-    """A compact table of the layers' metadata, for the LLM prompts."""
-    header = f"{'idx':>3} {'name':<28} {'kind':<9} {'shape':<18} {'k/s':<5} {'fmap':<7} {'params':>9} {'MACs':>11}"
+    """A compact table of the layers' metadata, for the LLM prompts.
+
+    Columns: index, module path, kind, weight shape, kernel/stride, output map,
+    weights, MACs per image, fan-in, block index (``-`` outside blocks), role."""
+    header = (f"{'idx':>3} {'name':<28} {'kind':<9} {'shape':<18} {'k/s':<5} {'fmap':<7} {'params':>9} "
+              f"{'MACs':>11} {'fan_in':>6} {'block':>5} role")
     rows = [header]
     for f in layers:
         shape = "x".join(str(s) for s in f.weight.shape)
         ks = "-" if f.kind == "linear" else f"{f.kernel_size[0]}/{f.stride[0]}"
         fmap = f"{f.feature_map[0]}x{f.feature_map[1]}"
+        block = "-" if f.block < 0 else str(f.block)
         rows.append(f"{f.index:>3} {f.name[-28:]:<28} {f.kind:<9} {shape:<18} {ks:<5} {fmap:<7} "
-                    f"{f.params:>9,} {f.macs:>11,}")
+                    f"{f.params:>9,} {f.macs:>11,} {f.fan_in:>6} {block:>5} {f.role}")
     total_p, total_m = sum(f.params for f in layers), sum(f.macs for f in layers)
     rows.append(f"{len(layers)} layers, {total_p:,} weights, {total_m:,} MACs per image")
     return "\n".join(rows)

@@ -9,8 +9,17 @@ Stems follow the input size (``DatasetSpec.image_size``):
   2-core CPU search: ResNet18 with a 3x3 stride-2 stem and no max-pool,
   MobileNetV2 at width 0.5 with a stride-1 first conv (total stride 16).
 
+- Transformers (timm): ImageNet gets timm's architecture unchanged (ViT-Ti/16,
+  DeiT-Ti/16, Swin-T); small inputs get the variants of ``SMALL_INPUT_VARIANTS``
+  (smaller patches so that a 32x32 image still makes 64-256 tokens, and a
+  narrower, shallower net for the 2-core embedded search).
+
 Weights: ``None`` = the project's own checkpoint (``mpq/checkpoints``), a file
 path, or ``"torchvision"`` (ImageNet-pretrained, needs a machine that can fetch them).
+A file may be a project checkpoint, a plain ``state_dict`` as torchvision and
+timm save them, a training checkpoint holding one (``state_dict``, ``model``,
+``state_dict_ema``, ``model_ema``; a DDP ``module.`` prefix is dropped), or a
+``.safetensors`` file: a user's own ImageNet weights load without any download.
 """
 from __future__ import annotations
 
@@ -27,10 +36,28 @@ CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
 TORCHVISION_MODELS = ("mobilenetv2", "resnet18", "resnet50")
 TIMM_MODELS = {  # registry name -> timm architecture (built at the data set's input size)
     "vit": "vit_tiny_patch16_224",
-    "deit": "deit_tiny_patch16_224",
+    "deit": "deit_tiny_patch16_224",   # the same network as ViT-Ti/16 (DeiT differs in its recipe)
     "swin": "swin_tiny_patch4_window7_224",
 }
 MODEL_NAMES = TORCHVISION_MODELS + tuple(TIMM_MODELS)
+
+_VIT_CIFAR = dict(patch_size=4)          # ViT-Ti (192 wide, 12 blocks, 3 heads), 8x8 tokens
+_VIT_EMBEDDED = dict(patch_size=4, embed_dim=96, depth=6, num_heads=3, mlp_ratio=2.0)  # 7x7 tokens
+SMALL_INPUT_VARIANTS: dict[tuple[str, str], dict] = {
+    # (model, input class) -> timm keyword arguments over the ImageNet architecture.
+    # cifar: 32..64 pixels; embedded: under 32 (28x28 MNIST, sized for a 2-core CPU search).
+    ("vit", "cifar"): _VIT_CIFAR,
+    ("deit", "cifar"): _VIT_CIFAR,
+    ("vit", "embedded"): _VIT_EMBEDDED,
+    ("deit", "embedded"): _VIT_EMBEDDED,
+    # Swin: 2x2 patches give 16x16 tokens, 4x4 windows; stages at 16, 8, 4, 2 tokens a side.
+    # Width 48 (Swin-T: 96) keeps the fp16 checkpoint at ~14 MB.
+    ("swin", "cifar"): dict(patch_size=2, window_size=4, embed_dim=48, depths=(2, 2, 6, 2),
+                            num_heads=(2, 4, 8, 16)),
+    # 28x28: 14x14 tokens, one 7x7 window, two stages (14 and 7 a side).
+    ("swin", "embedded"): dict(patch_size=2, window_size=7, embed_dim=32, depths=(2, 2),
+                               num_heads=(2, 4)),
+}
 
 
 class ModelError(Exception):
@@ -85,11 +112,19 @@ def _build_timm(name: str, spec: DatasetSpec) -> nn.Module:
 
     kwargs = dict(pretrained=False, num_classes=spec.num_classes, in_chans=spec.in_channels,
                   img_size=spec.image_size)
-    if spec.image_size < 224:  # small inputs: 4x4 patches (8x8 tokens at 32x32)
-        kwargs["patch_size"] = 4
-        if name == "swin":
-            kwargs["window_size"] = 4
-    return timm.create_model(TIMM_MODELS[name], **kwargs)
+    kwargs.update(SMALL_INPUT_VARIANTS.get((name, input_class(spec)), {}))
+    try:
+        return timm.create_model(TIMM_MODELS[name], **kwargs)
+    except (AssertionError, ValueError, RuntimeError) as error:  # e.g. a size the windows do not tile
+        raise ModelError(f"{name} cannot be built for {spec.image_size}x{spec.image_size} inputs: "
+                         f"{error}") from None
+
+
+def input_class(spec: DatasetSpec) -> str:
+    """Which stem family an input size gets: embedded (< 32 px), cifar (32..64 px) or imagenet."""
+    if spec.image_size < 32:
+        return "embedded"
+    return "cifar" if spec.image_size <= 64 else "imagenet"
 
 
 # --------------------------------------------------------------------------
@@ -110,18 +145,55 @@ def load_model(name: str, spec: DatasetSpec, weights: str | None = None) -> nn.M
         if not path.is_file():
             hint = "" if weights else f" (train one: python -m mpq.train --model {name} --dataset {spec.name})"
             raise ModelError(f"no weights for {name} on {spec.name}: {path} not found{hint}")
-        state = read_checkpoint(path)["state_dict"]
+        state = read_state_dict(path)
         try:
-            model.load_state_dict({k: v.float() for k, v in state.items()})
+            model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
         except RuntimeError as error:
             raise ModelError(f"{path} does not fit {name} on {spec.name}: "
-                             f"{str(error).splitlines()[0]}") from None
+                             f"{_first_mismatch(str(error))}") from None
     return model.eval()
 
 
 def read_checkpoint(path: Path) -> dict:
     """A project checkpoint: {"state_dict": ..., "meta": {...}}; no pickled code."""
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+_STATE_DICT_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
+"""Where training scripts keep the weights (timm's train.py saves ``state_dict`` and
+``state_dict_ema``; torchvision's reference scripts ``model`` and ``model_ema``);
+EMA weights first, as timm's own loader does."""
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The weights in ``path``: a project checkpoint, a plain state dict, a training
+    checkpoint holding one, or a ``.safetensors`` file (no pickled code is run)."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file  # installed with timm
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # unreadable, not a checkpoint, or pickled code
+        raise ModelError(f"cannot read weights from {path}: {str(error).splitlines()[0]}") from None
+    if isinstance(state, dict):
+        for key in _STATE_DICT_KEYS:
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"{path} holds no state dict (expected tensors by name, or one under "
+                         f"{', '.join(_STATE_DICT_KEYS)})")
+    if state and all(k.startswith("module.") for k in state):  # saved from DistributedDataParallel
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def _first_mismatch(message: str) -> str:
+    """The first concrete problem of load_state_dict's error (missing / unexpected key, shape)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return lines[1][:300] if len(lines) > 1 else lines[0][:300]
 
 
 def save_checkpoint(model: nn.Module, path: Path, meta: dict) -> None:

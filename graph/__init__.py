@@ -10,7 +10,7 @@ writes the database.
 | `controller.py` | template update rules, one class each: paper Eq. 7/8 (degenerate cases handled), Bradley-Terry pairs |
 | `state.py` | the checkpointed state (TypedDicts with reducers), population and library rules |
 | `nodes.py` | controller, proposer / mutator / crossover, evaluate, critic, select, finalize |
-| `build.py` | the LangGraph wiring |
+| `build.py` | the LangGraph wiring: the search, and one subgraph per candidate (draft, evaluate, repair) |
 | `store.py` | `runs/<run-id>/run.db`: domain tables next to LangGraph's checkpoints |
 | `final.py` | layer table for the prompts; the best allocation on the held-out test split |
 | `report.py` | `best_proxy.py`, `bits.json`, `report.md` with PNG plots |

@@ -1,9 +1,14 @@
 """The graph's nodes. Each is thin: one call into agents/, the sandbox or the
 controller math, a store write, and a state update.
 
-Candidates flow as :class:`graph.state.Attempt` payloads through ``Send``:
-``controller`` -> ``proposer | mutator | crossover`` -> ``evaluate``
-(-> ``critic`` -> ``evaluate``, at most R times) -> ``select``.
+``controller`` plans a generation and sends one :class:`graph.state.Attempt`
+per candidate (``Send``) to the ``candidate`` subgraph (graph.build), which
+runs that candidate's pipeline on its own: ``proposer | mutator | crossover``
+-> ``evaluate`` (-> ``critic`` -> ``evaluate``, at most R times) -> done.
+Each Send'd subgraph runs its own super-steps, so a draft is evaluated as soon
+as it exists while the LLM writes the next one (issue 13: evaluation used to
+wait for the generation's last draft); ``select`` runs once every candidate
+of the generation is done.
 
 Idempotency (what makes ``--resume`` after kill -9 exact): every draft and
 every evaluation is written to the store under a deterministic id before the
@@ -23,6 +28,7 @@ from typing import Any, Callable
 
 from langchain_core.language_models import BaseChatModel
 from langgraph.runtime import Runtime
+from langgraph.graph import END
 from langgraph.types import Command, Send
 
 from agents.context import DraftContext, EvalFailure, Parent
@@ -40,6 +46,11 @@ from graph.state import (
     Attempt, CandidateSpec, ProxyRecord, SearchState, context_library, generation_done, rank,
     replace_population)
 from graph.store import RunStore
+
+DONE = END
+"""Where a candidate's pipeline goes when its record is final (the subgraph's end)."""
+DRAFT_NODES = {"init": "proposer", "mutation": "mutator", "crossover": "crossover"}
+"""The subgraph's first node for each operator."""
 
 Evaluate = Callable[[str, str], dict]
 """(proxy id, source) -> the sandbox's EvaluationResult as a dict (the wire format)."""
@@ -121,16 +132,16 @@ def _parent_pool(state: SearchState) -> list[ProxyRecord]:
 
 
 def fan_out(state: SearchState) -> list[Send]:
-    """One Send per candidate to the node of its operator."""
+    """One Send per candidate to the ``candidate`` subgraph: its spec, parents and the library."""
     by_id = {r["id"]: r for r in state.get("archive", [])}
-    sends = []
-    for spec in state["candidates"]:
-        node = {"init": "proposer", "mutation": "mutator", "crossover": "crossover"}[spec["operator"]]
-        payload = Attempt(spec=spec, attempt=0)
-        payload["parents"] = [by_id[p] for p in spec["parents"]]
-        payload["library"] = state.get("library", [])
-        sends.append(Send(node, payload))
-    return sends
+    return [Send("candidate", Attempt(spec=spec, attempt=0, parents=[by_id[p] for p in spec["parents"]],
+                                      library=state.get("library", [])))
+            for spec in state["candidates"]]
+
+
+def first_node(attempt: Attempt) -> str:
+    """The subgraph's entry: the node of the candidate's operator."""
+    return DRAFT_NODES[attempt["spec"]["operator"]]
 
 
 # -- drafting --------------------------------------------------------------------
@@ -154,22 +165,27 @@ def _draft(attempt: Attempt, runtime: Runtime[Context], agent: Callable) -> Comm
     if stored is None:
         dctx = _draft_context(ctx, attempt.get("library", []))
         parents = [_parent(p) for p in attempt.get("parents", [])]
-        outcome = _call_agent(ctx, lambda: agent(ctx, dctx, parents))
+        outcome = _call_agent(runtime, spec, lambda: agent(ctx, dctx, parents))
         if isinstance(outcome, NoDraft):  # no usable proxy: the candidate fails here
             ctx.store.record_llm_calls(pid, outcome.calls)
             runtime.stream_writer({"event": "draft_error", "id": spec["id"], "error": outcome.reason})
             if outcome.code and ctx.config.search.repairs > 0:  # broken code is the critic's job
-                return Command(goto=Send("critic", {**attempt, "attempt": 0, "code": outcome.code, "reasoning": "",
-                                                    "ast_hash": ast_hash(outcome.code), "error": outcome.reason}))
-            return Command(update={"archive": [_failed(spec, attempt, "draft_error", outcome.reason, 0)]},
-                           goto="select")
+                return Command(update={"attempt": 0, "code": outcome.code, "reasoning": "",
+                                       "ast_hash": ast_hash(outcome.code), "error": outcome.reason}, goto="critic")
+            return _finish(runtime, _failed(spec, attempt, "draft_error", outcome.reason, 0))
         draft, record = outcome
         stored = _proxy_row(spec, 0, draft)
         ctx.store.record_proxy(stored, [_call_row(record)])
     runtime.stream_writer({"event": "draft", "id": spec["id"], "operator": spec["operator"]})
-    next_attempt = {**attempt, "attempt": 0, "code": stored["code"], "reasoning": stored["reasoning"],
-                    "ast_hash": stored["ast_hash"]}
-    return Command(goto=Send("evaluate", next_attempt))
+    return Command(update={"attempt": 0, "code": stored["code"], "reasoning": stored["reasoning"],
+                           "ast_hash": stored["ast_hash"]}, goto="evaluate")
+
+
+def _finish(runtime: Runtime[Context], record: ProxyRecord) -> Command:
+    """The candidate's final record into the archive; its pipeline ends."""
+    runtime.stream_writer({"event": "candidate_done", "id": record["id"], "status": record["status"],
+                           "phi": _num(record["phi"])})
+    return Command(update={"archive": [record]}, goto=DONE)
 
 
 @dataclass(frozen=True)
@@ -182,8 +198,10 @@ class NoDraft:
     """Code the response did hold (e.g. it does not parse): the critic may fix it."""
 
 
-def _call_agent(ctx: Context, call: Callable) -> tuple[ProxyDraft, LLMCallRecord] | NoDraft:
-    """The agent's draft, or why it produced none."""
+def _call_agent(runtime: Runtime[Context], spec: CandidateSpec, call: Callable) -> Any:
+    """The agent's result, or a NoDraft saying why it produced none; the call's time goes to
+    the clock and to the view (``llm_call`` events feed the expected time to finish)."""
+    ctx = runtime.context
     with ctx.llm_slots:
         start = time.perf_counter()
         try:
@@ -193,8 +211,10 @@ def _call_agent(ctx: Context, call: Callable) -> tuple[ProxyDraft, LLMCallRecord
             return NoDraft(getattr(err, "reason", None) or str(err), [_call_row(record)] if record else [],
                            getattr(err, "code", None))
         finally:
-            ctx.clock.add("llm_s", time.perf_counter() - start)
-            ctx.clock.span("llm", start, time.perf_counter())
+            end = time.perf_counter()
+            ctx.clock.add("llm_s", end - start)
+            ctx.clock.span("llm", start, end)
+            runtime.stream_writer({"event": "llm_call", "id": spec["id"], "seconds": end - start})
 
 
 def _draft_context(ctx: Context, library: list[ProxyRecord]) -> DraftContext:
@@ -223,11 +243,12 @@ def _call_row(record: LLMCallRecord) -> dict:
 
 # -- evaluation and repair -------------------------------------------------------------
 def evaluate(attempt: Attempt, runtime: Runtime[Context]) -> Command:
-    """Sandbox one attempt (or reuse its stored / same-hash result); route ok -> select, failed -> critic."""
+    """Sandbox one attempt (or reuse its stored / same-hash result); ok or out of repairs -> done,
+    failed -> critic."""
     ctx, spec, n = runtime.context, attempt["spec"], attempt["attempt"]
     pid = proxy_id(spec, n)
     result = ctx.store.get("evaluations", pid)
-    reused = result is not None
+    reused, inside = result is not None, 0.0
     if result is None:
         earlier = ctx.store.evaluation_by_hash(attempt["ast_hash"])
         if earlier is not None:
@@ -252,10 +273,10 @@ def evaluate(attempt: Attempt, runtime: Runtime[Context]) -> Command:
     runtime.stream_writer({"event": "eval_done", "id": spec["id"], "attempt": n, "status": result["status"],
                            "phi": result.get("phi"), "rho_sens": result.get("rho_sens"),
                            "acc_quant": result.get("acc_quant"), "error": error.splitlines()[0] if error else "",
-                           "reused": reused, "final": final})
+                           "reused": reused, "final": final, "eval_s": inside})
     if final:
-        return Command(update={"archive": [_record(spec, attempt, result)]}, goto="select")
-    return Command(goto=Send("critic", {**attempt, "error": error}))
+        return _finish(runtime, _record(spec, attempt, result))
+    return Command(update={"error": error}, goto="critic")
 
 
 def critic(attempt: Attempt, runtime: Runtime[Context]) -> Command:
@@ -269,20 +290,20 @@ def critic(attempt: Attempt, runtime: Runtime[Context]) -> Command:
     stored = ctx.store.get("proxies", pid)
     if stored is None:
         dctx = _draft_context(ctx, attempt.get("library", []))
-        step = _call_agent(ctx, lambda: repair_step(ctx.llm, ctx.prompts, dctx, attempt["code"],
-                                                    EvalFailure(attempt["error"])))
+        step = _call_agent(runtime, spec, lambda: repair_step(ctx.llm, ctx.prompts, dctx, attempt["code"],
+                                                              EvalFailure(attempt["error"])))
         if step.draft is None:  # not evaluated; the critic sees its own broken code, or the old code again
             ctx.store.record_llm_calls(pid, [_call_row(r) for r in step.records])
             own_code = step.code != attempt["code"]
             error = str(step.failure) if own_code else f"{step.reason}; before: {attempt['error']}"
             if n >= ctx.config.search.repairs:
-                return Command(update={"archive": [_failed(spec, attempt, "error", error, n)]}, goto="select")
-            return Command(goto=Send("critic", {**attempt, "attempt": n, "code": step.code,
-                                                "ast_hash": ast_hash(step.code), "error": error}))
+                return _finish(runtime, _failed(spec, attempt, "error", error, n))
+            return Command(update={"attempt": n, "code": step.code, "ast_hash": ast_hash(step.code), "error": error},
+                           goto="critic")
         stored = _proxy_row(spec, n, step.draft)
         ctx.store.record_proxy(stored, [_call_row(r) for r in step.records])
-    return Command(goto=Send("evaluate", {**attempt, "attempt": n, "code": stored["code"],
-                                          "reasoning": stored["reasoning"], "ast_hash": stored["ast_hash"]}))
+    return Command(update={"attempt": n, "code": stored["code"], "reasoning": stored["reasoning"],
+                           "ast_hash": stored["ast_hash"]}, goto="evaluate")
 
 
 _EVAL_COLUMNS = ("proxy_id", "candidate", "generation", "ast_hash", "status", "phi", "rho_sens", "acc_quant",
@@ -321,9 +342,9 @@ def _failed(spec: CandidateSpec, attempt: Attempt, status: str, error: str, repa
 def select(state: SearchState, runtime: Runtime[Context]) -> dict:
     """When the generation's last candidate is in: population, library, controller, persist.
 
-    Branches of one generation reach this node at different super-steps (the
-    critic loop makes some longer); only the call that sees every candidate
-    finished does the work, the earlier ones are no-ops.
+    Every candidate's subgraph has ended when this node runs (they are one
+    super-step of the outer graph); the check guards a hand-edited state
+    (``update_state``).
     """
     if not generation_done(state):
         return {}

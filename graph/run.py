@@ -36,6 +36,9 @@ from graph.store import RunStore, connect, db_path, require_run, snapshot_copy
 from graph.tui import make_sink
 
 
+CANDIDATE_THREADS = 64
+
+
 def main(argv: list[str] | None = None) -> int:
     config = None
     try:
@@ -72,7 +75,9 @@ def execute(config: RunConfig, evaluator: contextlib.AbstractContextManager | No
     store = RunStore.open(db_path(config.runs_dir, config.run_id))
     saver_conn = connect(db_path(config.runs_dir, config.run_id))
     graph = build_graph(SqliteSaver(saver_conn))
-    thread = thread_config(config.run_id)
+    # Every candidate of a generation gets a thread (created on demand): the LLM queue
+    # (llm_slots) and the evaluator slots, not LangGraph's pool of cpu + 4, bound the work.
+    thread = thread_config(config.run_id, max_concurrency=CANDIDATE_THREADS)
     if not config.resume:
         initial = _initial_state(config, store)
         store.record_run(_run_row(config, prompts))
@@ -91,8 +96,10 @@ def execute(config: RunConfig, evaluator: contextlib.AbstractContextManager | No
             timings["setup_s"] = time.perf_counter() - start
             sink.emit({"event": "run", "run_id": config.run_id, "model": config.task.model,
                        "llm": config.llm.spec, "generations": config.search.generations,
-                       "population": config.search.population})
-            for event in graph.stream(initial, thread, context=ctx, stream_mode="custom"):
+                       "population": config.search.population, "workers": config.workers})
+            # subgraphs=True: the candidates' pipelines run as subgraphs and write their events there.
+            for _namespace, event in graph.stream(initial, thread, context=ctx, stream_mode="custom",
+                                                  subgraphs=True):
                 sink.emit(event)
         status = "finished"
     finally:

@@ -30,14 +30,24 @@ class CandidateSpec(TypedDict):
 
 
 class Attempt(TypedDict, total=False):
-    """A candidate on its way through draft -> evaluate (-> critic -> evaluate)."""
+    """One candidate's pipeline state (the ``candidate`` subgraph): draft -> evaluate
+    (-> critic -> evaluate). In: spec, parents, library; out: its final record in ``archive``."""
 
     spec: CandidateSpec
+    parents: list["ProxyRecord"]  # the parents' records, for mutation / crossover
+    library: list["ProxyRecord"]  # the context library when the generation was planned
     attempt: int  # 0 = the operator's draft, k = the k-th critic repair
     reasoning: str
     code: str
     ast_hash: str
     error: str  # the last failure, for the critic
+    archive: Annotated[list["ProxyRecord"], operator.add]
+
+
+class CandidateOutput(TypedDict):
+    """What a candidate's subgraph hands back to the search: its final record."""
+
+    archive: Annotated[list["ProxyRecord"], operator.add]
 
 
 class ProxyRecord(TypedDict):

@@ -17,7 +17,11 @@ Events (``event`` key): ``run`` (run_id, model, llm, generations, population),
 ``draft_error`` (id, error), ``eval_start`` (id, attempt), ``eval_done``
 (id, attempt, status, phi, rho_sens, acc_quant, error, reused),
 ``repair`` (id, attempt, error), ``select`` (generation, population, probs,
-best), ``finalize`` (test_acc, avg_bits, run_dir), ``message`` (text).
+best), ``finalize`` (test_acc, avg_bits, run_dir), ``message`` (text),
+``llm_call`` (id, seconds), ``candidate_done`` (id, status, phi).
+
+The expected time to finish (:func:`eta_seconds`) comes from the measured LLM
+and evaluation seconds per finished candidate.
 """
 from __future__ import annotations
 
@@ -36,6 +40,31 @@ from rich.table import Table
 from rich.text import Text
 
 
+def eta_seconds(remaining: int, done: int, llm_s: float, eval_s: float, workers: int = 1) -> float | None:
+    """Expected seconds until the last of ``remaining`` candidates is done; None before any is.
+
+    Drafting and evaluation overlap (each candidate is its own pipeline,
+    graph.build), so the slower stage sets the pace: ``remaining`` times the
+    larger of the LLM seconds per candidate and the evaluation seconds per
+    candidate over the evaluator slots, plus the faster stage once for the last
+    candidate. Repairs are inside the per-candidate means.
+    """
+    if done <= 0:
+        return None
+    if remaining <= 0:
+        return 0.0
+    llm, evaluation = llm_s / done, eval_s / done / max(workers, 1)
+    return remaining * max(llm, evaluation) + min(llm, evaluation)
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s"
+
+
 def fmt(value: float | None, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
@@ -51,9 +80,12 @@ class RunView:
     llm: str = ""
     generations: int = 0
     population_size: int = 0
+    workers: int = 1
     generation: int = 0
     planned: int = 0
-    finished: int = 0
+    done: set = field(default_factory=set)  # ids of finished candidates, all generations
+    llm_s: float = 0.0  # measured LLM seconds, all calls
+    eval_s: float = 0.0  # measured seconds inside evaluator slots
     in_flight: dict[str, int] = field(default_factory=dict)  # id -> attempt
     population: list[dict] = field(default_factory=list)
     current: dict[str, dict] = field(default_factory=dict)  # this generation's candidates
@@ -61,15 +93,33 @@ class RunView:
     best: dict | None = None
     log: deque = field(default_factory=lambda: deque(maxlen=12))
 
+    @property
+    def finished(self) -> int:
+        """Candidates of the current generation that are done."""
+        return sum(1 for c in self.current if c in self.done)
+
+    def eta(self) -> float | None:
+        """Expected seconds to the end of the search (before finalize)."""
+        later = max(self.generations - self.generation - 1, 0) * self.population_size
+        remaining = self.planned - self.finished + later
+        return eta_seconds(remaining, len(self.done), self.llm_s, self.eval_s, self.workers)
+
     def apply(self, event: dict) -> str | None:
         """Fold one event into the view; returns the plain log line for it (or None)."""
         kind = event.get("event")
+        if kind == "llm_call":
+            self.llm_s += event.get("seconds") or 0.0
+            return None
+        if kind == "candidate_done":
+            self.done.add(event["id"])
+            return None
         if kind == "run":
             self.run_id, self.model, self.llm = event["run_id"], event["model"], event["llm"]
             self.generations, self.population_size = event["generations"], event["population"]
+            self.workers = event.get("workers", 1)
             return f"run {self.run_id}: {self.model}, LLM {self.llm}, {self.generations} x {self.population_size}"
         if kind == "generation":
-            self.generation, self.planned, self.finished = event["generation"], len(event["operators"]), 0
+            self.generation, self.planned = event["generation"], len(event["operators"])
             self.current = {c["id"]: {"id": c["id"], "operator": c["operator"], "status": "drafting"}
                             for c in event["operators"]}
             ops = ", ".join(f"{c['id']}:{c['operator']}" for c in event["operators"])
@@ -88,8 +138,9 @@ class RunView:
             self.in_flight.pop(event["id"], None)
             row = self.current.setdefault(event["id"], {"id": event["id"]})
             row.update({k: event.get(k) for k in ("status", "phi", "rho_sens", "acc_quant")})
+            self.eval_s += event.get("eval_s") or 0.0
             if event.get("final"):
-                self.finished += 1
+                self.done.add(event["id"])
             if event["status"] != "ok":
                 self.log.append(f"[red]{event['id']}.{event['attempt']} {event['status']}:[/] {event.get('error', '')}")
             reused = " (reused)" if event.get("reused") else ""
@@ -103,8 +154,10 @@ class RunView:
             self.population, self.probs, self.best = event["population"], event["probs"], event["best"]
             probs = " ".join(f"{t}={p:.2f}" for t, p in self.probs.items())
             best = self.best or {}
+            eta = self.eta() if event["generation"] + 1 < self.generations else None
             return (f"generation {event['generation'] + 1} done: best {best.get('id', '-')} "
-                    f"phi={fmt(best.get('phi'))}; p: {probs}")
+                    f"phi={fmt(best.get('phi'))}; p: {probs}"
+                    + (f"; expected to finish in {fmt_duration(eta)}" if eta is not None else ""))
         if kind == "finalize":
             self.log.append(f"[green]final:[/] test top-1 {fmt(event.get('test_acc'))} at {fmt(event.get('avg_bits'), 2)} avg bits")
             return (f"final: test top-1 {fmt(event.get('test_acc'))} at {fmt(event.get('avg_bits'), 2)} "
@@ -129,7 +182,8 @@ class RunView:
         text = Text.assemble(
             ("run ", "dim"), (self.run_id, "bold"), ("  model ", "dim"), self.model,
             ("  LLM ", "dim"), self.llm,
-            ("  generation ", "dim"), (f"{min(self.generation + 1, self.generations)} of {self.generations}", "bold"))
+            ("  generation ", "dim"), (f"{min(self.generation + 1, self.generations)} of {self.generations}", "bold"),
+            ("  expected to finish in ", "dim"), (fmt_duration(self.eta()), "bold"))
         return Panel(text, title="TAP-MPQ search")
 
     def _tables(self) -> Group:

@@ -1,6 +1,7 @@
 """The live view and the plain log are two renderings of one event stream."""
 import io
 
+import pytest
 from rich.console import Console
 
 from graph.tui import LiveSink, PlainSink, RunView
@@ -56,3 +57,29 @@ def test_plain_lines():
     assert "g0-c0.0: ok phi=0.912 rho=0.500 acc=0.960" in lines
     assert any(l.startswith("g0-c1: critic repair 1 after: AttributeError") for l in lines)
     assert any("final: test top-1 0.950" in l for l in lines)
+
+
+def test_eta_pipelined_stages():
+    from graph.tui import eta_seconds
+
+    assert eta_seconds(5, 0, 0.0, 0.0) is None  # nothing measured yet
+    assert eta_seconds(0, 4, 40.0, 8.0) == 0.0
+    # LLM 10 s / candidate, evaluation 2 s: the LLM sets the pace, the last evaluation follows it.
+    assert eta_seconds(3, 4, 40.0, 8.0) == pytest.approx(3 * 10 + 2)
+    # Evaluation 12 s / candidate over 2 slots = 6 s, LLM 1 s.
+    assert eta_seconds(4, 2, 2.0, 24.0, workers=2) == pytest.approx(4 * 6 + 1)
+
+
+def test_view_estimates_the_time_to_finish_from_measured_rates():
+    view = RunView()
+    for e in EVENTS[:2]:
+        view.apply(e)
+    assert view.eta() is None
+    view.apply({"event": "llm_call", "id": "g0-c0", "seconds": 30.0})
+    view.apply({**EVENTS[4], "eval_s": 6.0})  # g0-c0 done: 30 s LLM, 6 s evaluation
+    # 1 left in this generation + 2 in the next, 30 s each, then one evaluation.
+    assert view.finished == 1 and view.eta() == pytest.approx(3 * 30 + 6)
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=True, width=140, height=50, color_system=None)
+    console.print(view.render())
+    assert "expected to finish in" in buf.getvalue() and "1m 36s" in buf.getvalue()

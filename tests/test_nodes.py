@@ -87,15 +87,15 @@ def attempt(code: str, n: int = 0, error: str = "", **kw) -> Attempt:
                    error=error, **kw)
 
 
-def route(command) -> tuple[str, dict | None]:
-    """Where a node's Command goes next, and with which payload."""
+def route(command, state: dict) -> tuple[str, dict]:
+    """Where a node's Command goes next, and the candidate's state when it gets there."""
     goto = command.goto
     if isinstance(goto, (list, tuple)):
         assert len(goto) == 1, goto
         goto = goto[0]
     if isinstance(goto, Send):
         return goto.node, goto.arg
-    return goto, None
+    return goto, {**state, **{k: v for k, v in (command.update or {}).items() if k != "archive"}}
 
 
 def archived(command) -> list[dict]:
@@ -142,17 +142,19 @@ def test_controller_falls_back_when_parents_are_missing(harness):
 # -- evaluate -----------------------------------------------------------------------------
 def test_evaluate_ok_is_final_and_stored(harness):
     command = nodes.evaluate(attempt(proxy(0.7)), harness.runtime)
-    assert route(command)[0] == "select"
+    assert route(command, {})[0] == nodes.DONE
     (rec,) = archived(command)
     assert (rec["id"], rec["status"], rec["phi"], rec["repairs"], rec["bits"]) == ("g0-c0", "ok", 0.7, 0, {"conv1": 8})
     row = harness.store.get("evaluations", "g0-c0")
     assert row["phi"] == 0.7 and row["candidate"] == "g0-c0" and harness.evals == ["g0-c0"]
-    assert harness.events[-1]["final"] is True
+    done = [e for e in harness.events if e["event"] == "eval_done"]
+    assert done[-1]["final"] is True and done[-1]["eval_s"] >= 0.0
+    assert harness.events[-1] == {"event": "candidate_done", "id": "g0-c0", "status": "ok", "phi": 0.7}
 
 
 def test_evaluate_failure_goes_to_the_critic_with_the_error(harness):
     command = nodes.evaluate(attempt(BROKEN), harness.runtime)
-    node, payload = route(command)
+    node, payload = route(command, {})
     assert node == "critic" and not archived(command)
     assert "AttributeError" in payload["error"] and "line 2, in score" in payload["error"]
     assert harness.store.get("evaluations", "g0-c0")["status"] == "error"
@@ -160,7 +162,7 @@ def test_evaluate_failure_goes_to_the_critic_with_the_error(harness):
 
 def test_evaluate_failure_after_the_last_repair_is_final(harness):
     command = nodes.evaluate(attempt(BROKEN, n=2), harness.runtime)
-    assert route(command)[0] == "select"
+    assert route(command, {})[0] == nodes.DONE
     (rec,) = archived(command)
     assert rec["status"] == "error" and rec["phi"] == -math.inf and rec["repairs"] == 2
     assert harness.evals == ["g0-c0.2"]
@@ -187,24 +189,25 @@ def test_evaluate_does_not_reuse_a_failure_that_may_be_the_slots_fault(harness):
 def test_critic_repairs_stores_and_sends_the_repair_to_evaluate(tmp_path):
     h = Harness(tmp_path, {"critic": [answer(proxy(0.6, " fixed"), "Use weight.")]})
     failed = attempt(BROKEN, error="AttributeError: no attribute 'weights'")
-    node, payload = route(nodes.critic(failed, h.runtime))
+    node, payload = route(nodes.critic(failed, h.runtime), failed)
     assert node == "evaluate" and payload["attempt"] == 1 and "fixed" in payload["code"]
     row = h.store.get("proxies", "g0-c0.1")
     assert row["operator"] == "repair" and row["code"] == payload["code"] and row["attempt"] == 1
     (call,) = h.llm_calls()
     assert call["agent"] == "critic" and "no attribute 'weights'" in call["prompt"] and BROKEN.strip() in call["prompt"]
     # Run again (resume): the stored repair is reused, the LLM is not asked twice.
-    node, again = route(nodes.critic(failed, h.runtime))
+    node, again = route(nodes.critic(failed, h.runtime), failed)
     assert again["code"] == payload["code"] and len(h.llm_calls()) == 1
     h.store.close()
 
 
 def test_critic_unchanged_or_unusable_repair_is_a_try_without_evaluation(tmp_path):
     h = Harness(tmp_path, {"critic": [answer(BROKEN), "I cannot fix this."]})
-    node, payload = route(nodes.critic(attempt(BROKEN, error="AttributeError"), h.runtime))
+    failed = attempt(BROKEN, error="AttributeError")
+    node, payload = route(nodes.critic(failed, h.runtime), failed)
     assert node == "critic" and payload["attempt"] == 1 and "same proxy" in payload["error"]
     command = nodes.critic(payload, h.runtime)  # the second and last repair: no code at all
-    assert route(command)[0] == "select" and h.evals == []
+    assert route(command, {})[0] == nodes.DONE and h.evals == []
     (rec,) = archived(command)
     assert rec["status"] == "error" and rec["repairs"] == 2 and rec["phi"] == -math.inf
     assert len(h.llm_calls()) == 2 and h.store.get("proxies", "g0-c0.1") is None
@@ -213,9 +216,10 @@ def test_critic_unchanged_or_unusable_repair_is_a_try_without_evaluation(tmp_pat
 
 def test_critic_shows_its_own_unparsable_repair_to_the_next_critic_call(tmp_path):
     h = Harness(tmp_path, {"critic": [answer(UNPARSABLE), answer(proxy(0.6))]})
-    node, payload = route(nodes.critic(attempt(BROKEN, error="AttributeError"), h.runtime))
+    failed = attempt(BROKEN, error="AttributeError")
+    node, payload = route(nodes.critic(failed, h.runtime), failed)
     assert node == "critic" and payload["code"].startswith("def score(layer:") and "AttributeError" not in payload["error"]
-    node, payload = route(nodes.critic(payload, h.runtime))
+    node, payload = route(nodes.critic(payload, h.runtime), payload)
     assert node == "evaluate" and payload["attempt"] == 2 and "phi=0.6" in payload["code"]
     second = h.llm_calls()[1]["prompt"]
     assert "def score(layer:" in second and payload["code"] not in second
@@ -225,10 +229,10 @@ def test_critic_shows_its_own_unparsable_repair_to_the_next_critic_call(tmp_path
 def test_zero_repairs_means_no_critic(tmp_path):
     h = Harness(tmp_path, repairs=0)
     command = nodes.evaluate(attempt(BROKEN), h.runtime)
-    assert route(command)[0] == "select" and archived(command)[0]["status"] == "error"
+    assert route(command, {})[0] == nodes.DONE and archived(command)[0]["status"] == "error"
     h2 = Harness(tmp_path / "b", {"init": [answer(UNPARSABLE)]}, repairs=0) if (tmp_path / "b").mkdir() is None else None
     command = nodes.proposer(Attempt(spec=spec(), attempt=0), h2.runtime)
-    assert route(command)[0] == "select" and archived(command)[0]["status"] == "draft_error"
+    assert route(command, {})[0] == nodes.DONE and archived(command)[0]["status"] == "draft_error"
     h.store.close()
     h2.store.close()
 
@@ -236,7 +240,8 @@ def test_zero_repairs_means_no_critic(tmp_path):
 # -- drafting ---------------------------------------------------------------------------
 def test_draft_is_stored_and_sent_to_evaluate(tmp_path):
     h = Harness(tmp_path, {"init": [answer(proxy(0.4))]})
-    node, payload = route(nodes.proposer(Attempt(spec=spec(), attempt=0), h.runtime))
+    start = Attempt(spec=spec(), attempt=0)
+    node, payload = route(nodes.proposer(start, h.runtime), start)
     assert node == "evaluate" and "phi=0.4" in payload["code"]
     assert h.store.get("proxies", "g0-c0")["operator"] == "init"
     h.store.close()
@@ -244,7 +249,8 @@ def test_draft_is_stored_and_sent_to_evaluate(tmp_path):
 
 def test_unparsable_draft_goes_to_the_critic_with_its_code(tmp_path):
     h = Harness(tmp_path, {"init": [answer(UNPARSABLE)]})
-    node, payload = route(nodes.proposer(Attempt(spec=spec(), attempt=0), h.runtime))
+    start = Attempt(spec=spec(), attempt=0)
+    node, payload = route(nodes.proposer(start, h.runtime), start)
     assert node == "critic" and payload["code"].startswith("def score(layer:") and payload["error"]
     assert h.store.get("proxies", "g0-c0") is None and len(h.llm_calls()) == 1
     h.store.close()

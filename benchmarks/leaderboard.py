@@ -15,7 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from mpq.leaderboard import INPUT_ERRORS, LeaderboardConfig, format_table, run, write_report
+from mpq.leaderboard import INPUT_ERRORS, LeaderboardConfig, run
+from mpq.leaderboard_format import format_table, write_report
 
 RESULTS = Path(__file__).parent / "results"
 

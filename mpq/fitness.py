@@ -79,6 +79,11 @@ def rank_correlation(a: Sequence[float], b: Sequence[float], method: str = "spea
     return float(value) if np.isfinite(value) else 0.0
 
 
+def _synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(torch.device(device))
+
+
 def _tensor_digest(*tensors: torch.Tensor) -> str:
     h = hashlib.sha256()
     for t in tensors:
@@ -153,12 +158,25 @@ class Evaluator:
     # ------------------------------------------------------------------ fitness
 
     def evaluate(self, source: str) -> FitnessResult:
-        """Fitness of proxy ``source``; raises ProxyError for a broken or invalid proxy."""
+        """Fitness of proxy ``source``; raises ProxyError for a broken or invalid proxy.
+
+        Runs ``source`` in this process: for trusted code only (the project's
+        baselines, tests); anything else goes through ``sandbox``."""
+        scores, score_s = self.proxy_scores(source)
+        return self.fitness_of_scores(scores, score_s=score_s)
+
+    def proxy_scores(self, source: str) -> tuple[list[float], float]:
+        """The proxy's validated scores on copies of the layers, and the seconds they took.
+
+        The one place a proxy is called: the sandbox worker calls it in its isolated
+        child, the leaderboard for the baselines. ProxyError for a broken proxy."""
         scorer = load_proxy(source)
         layers = [f.copy() for f in self.layers]  # a proxy cannot corrupt the shared features
+        _synchronize(self.task.device)
         start = time.perf_counter()
         scores = scorer(layers)
-        return self.fitness_of_scores(scores, score_s=time.perf_counter() - start)
+        _synchronize(self.task.device)  # a GPU proxy's time is its kernels' time
+        return scores, time.perf_counter() - start
 
     def fitness_of_scores(self, scores: Sequence[float], score_s: float = 0.0) -> FitnessResult:
         """Fitness of already computed scores (validated like a proxy's output)."""

@@ -1,13 +1,14 @@
-"""Every proxy side by side on one model, one data set and one or more budgets.
+"""Every proxy side by side on one model, one data set and one or more budgets: the rows.
 
-    python -m mpq.leaderboard --model mobilenetv2 --dataset cifar10 --data-root DIR \\
-        --budget 3avg,4avg,5avg [--proxy FILE ...] [--json OUT] [--device cuda]
-
-One ``Evaluator`` (model, data, features, ground truth loaded once) judges every
-baseline of ``mpq.proxies`` and every ``--proxy`` file. Each proxy is scored
-once (its scores do not depend on the budget); then at each budget its scores
-are allocated, the model quantized (activations ``--act-bits``) and evaluated on
-the search split and on the held-out test split. Per proxy and budget:
+The command is ``python -m sandbox.leaderboard`` (it runs proxy files in the
+sandbox); this module builds the report and ``mpq.leaderboard_format`` prints
+it. One ``Evaluator`` (model, data, features, ground truth loaded once) judges
+every baseline of ``mpq.proxies`` (in this process: the project's own code)
+and every proxy file (scored by the injected ``UserScorer``, never here). Each
+proxy is scored once (its scores do not depend on the budget); then at each
+budget its scores are allocated, the model quantized (activations
+``act_bits``) and evaluated on the search split and on the held-out test split.
+Per proxy and budget:
 
 - rho_sens: Spearman of the scores against the measured per-layer sensitivity;
 - cfg_tau: Kendall tau of the proxy's predicted ranking of the benchmark's
@@ -18,24 +19,19 @@ the search split and on the held-out test split. Per proxy and budget:
 Reference rows: FP (weights and activations FP), uniform 8 and 4 bits (A8).
 The inference bound is the throughput of plain FP inference (BN folded) on the
 search split on this machine: no proxy evaluation can pass the search split
-faster. A plain-text table goes to stdout; ``--json`` writes everything, with
-the machine it ran on. Bad input: one line on stderr, exit code 2.
-Only torch / numpy / scipy are needed (it runs on the GPU machine as is).
+faster. Only torch / numpy / scipy are needed (it runs on the GPU machine as is).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import os
 import platform
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, ContextManager, Sequence
 
-import numpy as np
 import torch
 
 from mpq.allocate import AllocationError, allocate
@@ -44,7 +40,7 @@ from mpq.data import DATASET_NAMES, DataError, calibration_batch, load_splits
 from mpq.fitness import CONFIG_SAMPLES, Evaluator
 from mpq.models import MODEL_NAMES, ModelError, load_model
 from mpq.proxies import BASELINES, baseline_source
-from mpq.proxy import ProxyError, load_proxy
+from mpq.proxy import ProxyError, validate_scores
 from mpq.quant import evaluate
 from mpq.task import Task
 
@@ -57,6 +53,12 @@ class LeaderboardError(Exception):
 
 INPUT_ERRORS = (LeaderboardError, ValueError, AllocationError, DataError, ModelError)
 """What bad input raises; the command lines turn these into one line and exit code 2."""
+
+ScoreFn = Callable[[str, str], tuple[list[float], float]]
+"""(name, source) -> (scores, seconds); ProxyError when the proxy fails."""
+UserScorer = Callable[[Task, "Path | None"], ContextManager[ScoreFn]]
+"""Opens a ScoreFn for proxy files on (task, cache dir): ``sandbox.leaderboard``
+passes one that judges each file in an isolated evaluator slot."""
 
 
 @dataclass(frozen=True)
@@ -86,8 +88,10 @@ class LeaderboardConfig:
 
 # --------------------------------------------------------------------------- input checks
 
-def check_config(cfg: LeaderboardConfig) -> dict[str, str]:
-    """Validate what can be checked before loading anything; returns {name: source}."""
+def check_config(cfg: LeaderboardConfig) -> tuple[dict[str, str], dict[str, str]]:
+    """Validate what can be checked before loading anything.
+
+    Returns ({baseline: source}, {proxy file name: source}); the files are only read."""
     if cfg.model not in MODEL_NAMES:
         raise LeaderboardError(f"unknown model '{cfg.model}'; valid: {', '.join(MODEL_NAMES)}")
     if cfg.dataset not in DATASET_NAMES:
@@ -103,23 +107,24 @@ def check_config(cfg: LeaderboardConfig) -> dict[str, str]:
     for flag, value in (("--eval-limit", cfg.eval_limit), ("--test-limit", cfg.test_limit)):
         if value is not None and value < 1:
             raise LeaderboardError(f"{flag} must be a positive number of images, got {value}")
-    sources = {}
+    baselines = {}
     for name in cfg.baselines:
         if name not in BASELINES:
             raise LeaderboardError(f"unknown baseline '{name}'; valid: {', '.join(BASELINES)}")
-        sources[name] = baseline_source(name)
+        baselines[name] = baseline_source(name)
+    files = {}
     for path in cfg.proxies:
         file = Path(path)
         if not file.is_file():
             raise LeaderboardError(f"proxy file {path} not found")
-        name = file.stem if file.stem not in sources else str(file)
+        name = file.stem if file.stem not in baselines and file.stem not in files else str(file)
         try:
-            sources[name] = file.read_text()
+            files[name] = file.read_text()
         except (OSError, UnicodeDecodeError) as error:
             raise LeaderboardError(f"cannot read proxy file {path}: {error}") from None
-    if not sources:
+    if not baselines and not files:
         raise LeaderboardError("nothing to score: no baselines and no --proxy files")
-    return sources
+    return baselines, files
 
 
 def build_evaluator(task: Task, test_limit: int | None, cache_dir: Path | None,
@@ -198,22 +203,12 @@ def with_budget(evaluator: Evaluator, budget: str) -> Evaluator:
     return evaluator
 
 
-def score_proxy(evaluator: Evaluator, source: str) -> tuple[list[float], float]:
-    """A proxy's scores (through the real loader, on copies of the features) and their time."""
-    scorer = load_proxy(source)
-    layers = [f.copy() for f in evaluator.layers]
-    device = evaluator.task.device
-    _sync(device)
-    start = time.perf_counter()
-    scores = scorer(layers)
-    _sync(device)
-    return scores, time.perf_counter() - start
-
-
-def proxy_rows(evaluator: Evaluator, name: str, source: str, budgets: Sequence[str], bound: dict) -> list[dict]:
+def proxy_rows(evaluator: Evaluator, name: str, score: ScoreFn, source: str, budgets: Sequence[str],
+               bound: dict) -> list[dict]:
     """One row per budget for one proxy; a failing proxy gives error rows, never a crash."""
     try:
-        scores, score_s = score_proxy(evaluator, source)
+        scores, score_s = score(name, source)
+        scores = validate_scores(scores, len(evaluator.layers))
         ranking = evaluator.config_ranking(scores)
     except ProxyError as error:
         return [{"proxy": name, "budget": b, "error": error.reason} for b in budgets]
@@ -243,9 +238,14 @@ def progress_printer(label: str):
     return report
 
 
-def run(cfg: LeaderboardConfig) -> dict:
-    """The whole leaderboard as one JSON-able dict (raises known errors for bad input)."""
-    sources = check_config(cfg)
+def run(cfg: LeaderboardConfig, user_scorer: UserScorer | None = None) -> dict:
+    """The whole leaderboard as one JSON-able dict (raises known errors for bad input).
+
+    Baselines are scored here (``Evaluator.proxy_scores``); proxy files only by
+    ``user_scorer``, opened once the ground truth is cached (its slot reuses it)."""
+    baselines, files = check_config(cfg)
+    if files and user_scorer is None:
+        raise LeaderboardError("proxy files run only in the sandbox: python -m sandbox.leaderboard --proxy FILE")
     task = Task(model=cfg.model, dataset=cfg.dataset, data_root=cfg.data_root, weights=cfg.weights,
                 budget=cfg.budgets[0], act_bits=cfg.act_bits, calib_size=cfg.calib_size, seed=cfg.seed,
                 device=cfg.device, eval_limit=cfg.eval_limit)
@@ -263,9 +263,15 @@ def run(cfg: LeaderboardConfig) -> dict:
     log(f"inference bound: {bound['images_per_s']:.0f} images/s (FP, {bound['images']} images)")
     references = reference_rows(evaluator)
     rows = []
-    for i, (name, source) in enumerate(sources.items(), 1):
-        log(f"[{i}/{len(sources)}] {name}")
-        rows.extend(proxy_rows(evaluator, name, source, cfg.budgets, bound))
+    total = len(baselines) + len(files)
+    for i, (name, source) in enumerate(baselines.items(), 1):
+        log(f"[{i}/{total}] {name}")
+        rows.extend(proxy_rows(evaluator, name, _trusted(evaluator), source, cfg.budgets, bound))
+    if files:
+        with user_scorer(task, cache_dir) as score_file:
+            for i, (name, source) in enumerate(files.items(), len(baselines) + 1):
+                log(f"[{i}/{total}] {name} (sandboxed)")
+                rows.extend(proxy_rows(evaluator, name, score_file, source, cfg.budgets, bound))
     truth = evaluator.truth
     return {
         "machine": machine_info(cfg.device),
@@ -285,118 +291,20 @@ def run(cfg: LeaderboardConfig) -> dict:
     }
 
 
+def _trusted(evaluator: Evaluator) -> ScoreFn:
+    """The baselines' scorer: the project's own code, run in this process."""
+    return lambda name, source: evaluator.proxy_scores(source)
+
+
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-# --------------------------------------------------------------------------- output
-
-COLUMNS = (("proxy", "{}", 12), ("rho_sens", "{:+.3f}", 8), ("cfg_tau", "{:+.3f}", 8),
-           ("top1_search", "{:.2%}", 11), ("top1_test", "{:.2%}", 9), ("phi", "{:.4f}", 7),
-           ("avg_bits", "{:.2f}", 8), ("size_MB", "{:.3f}", 8), ("score_s", "{:.3f}", 8),
-           ("alloc_s", "{:.3f}", 8), ("eval_s", "{:.3f}", 7), ("total_s", "{:.2f}", 8))
-_KEYS = {"cfg_tau": "config_tau", "size_MB": "size_mb", "alloc_s": "allocate_s", "total_s": "evaluation_s"}
-
-
-def _cell(row: dict, column: str, fmt: str) -> str:
-    value = row.get(_KEYS.get(column, column))
-    if value is None:
-        return "-"
-    return fmt.format(value) if not isinstance(value, str) else value
-
-
-def format_table(report: dict) -> str:
-    """Plain-text tables (one per budget), no colours, no extra dependencies."""
-    task, bound = report["task"], report["inference_bound"]
-    lines = [f"{task['model']} on {task['dataset']}: {report['layers']} layers, {report['params']:,} weights; "
-             f"search {report['search_images']} / test {report['test_images']} images; "
-             f"bits {tuple(task['bits'])}, activations {task['act_bits']}-bit",
-             f"inference bound (FP): {bound['images_per_s']:,.0f} images/s on {report['machine']['device']}; "
-             f"setup (features + truth) {report['setup_s']:.1f} s, "
-             f"config benchmark ({report['config_benchmark']['configs']} configs) "
-             f"{report['config_benchmark']['seconds']:.1f} s", ""]
-    lines.append(f"{'reference':<12} {'W/A bits':>8} {'top1_search':>11} {'top1_test':>9}")
-    for ref in report["reference"]:
-        lines.append(f"{ref['name']:<12} {ref['weight_bits']:>3}/{ref['act_bits']:<4} "
-                     f"{ref['top1_search']:>11.2%} {ref['top1_test']:>9.2%}")
-    header = " ".join(f"{name:<{width}}" if i == 0 else f"{name:>{width}}"
-                      for i, (name, _, width) in enumerate(COLUMNS))
-    for budget in report["config"]["budgets"]:
-        lines += ["", f"budget {budget}", header]
-        for row in (r for r in report["rows"] if r["budget"] == budget):
-            if "error" in row:
-                lines.append(f"{row['proxy']:<12} error: {row['error']}")
-                continue
-            lines.append(" ".join(f"{_cell(row, name, fmt):<{width}}" if i == 0 else
-                                  f"{_cell(row, name, fmt):>{width}}"
-                                  for i, (name, fmt, width) in enumerate(COLUMNS)))
-    return "\n".join(lines)
-
-
-def _json_default(value):
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    raise TypeError(f"not JSON-able: {type(value).__name__}")
-
-
-def write_report(report: dict, path: str | Path) -> Path:
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1, default=_json_default) + "\n")
-    return out
-
-
-# --------------------------------------------------------------------------- command line
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit code 2 (argparse prints the usage too)
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m mpq.leaderboard", description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="mobilenetv2", help=f"one of {', '.join(MODEL_NAMES)}")
-    p.add_argument("--dataset", default="embedded", help=f"one of {', '.join(DATASET_NAMES)}")
-    p.add_argument("--data-root", help="folder of the data set (not needed for embedded)")
-    p.add_argument("--weights", help="checkpoint path or 'torchvision' (default: the project's checkpoint)")
-    p.add_argument("--budget", default="3avg", help="one or more budgets, comma separated: 3avg,4avg | 1.5MB | 8x")
-    p.add_argument("--proxy", action="append", default=[], metavar="FILE", help="extra proxy file (repeatable)")
-    p.add_argument("--baselines", default=",".join(BASELINES),
-                   help="comma-separated baselines to include ('' for none)")
-    p.add_argument("--act-bits", type=int, default=8)
-    p.add_argument("--calib-size", type=int, default=16)
-    p.add_argument("--eval-limit", type=int, help="search-split images used (default: all)")
-    p.add_argument("--test-limit", type=int, help="held-out test images used (default: all)")
-    p.add_argument("--config-samples", type=int, default=CONFIG_SAMPLES,
-                   help="measured random bit configurations for the config Kendall tau")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
-    p.add_argument("--cache-dir", help="ground-truth cache (default $TAP_MPQ_CACHE or ~/.cache/tap-mpq)")
-    p.add_argument("--json", dest="json_out", metavar="OUT", help="write the full report as JSON")
-    return p
-
-
-def config_from_args(args: argparse.Namespace) -> LeaderboardConfig:
-    return LeaderboardConfig(
-        model=args.model, dataset=args.dataset, data_root=args.data_root, weights=args.weights,
-        budgets=tuple(b.strip() for b in args.budget.split(",") if b.strip()), proxies=tuple(args.proxy),
-        baselines=tuple(b.strip() for b in args.baselines.split(",") if b.strip()), act_bits=args.act_bits,
-        calib_size=args.calib_size, eval_limit=args.eval_limit, test_limit=args.test_limit,
-        config_samples=args.config_samples, seed=args.seed,
-        device=args.device, cache_dir=args.cache_dir)
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        report = run(config_from_args(args))
-    except INPUT_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(format_table(report))
-    if args.json_out:
-        log(f"wrote {write_report(report, args.json_out)}")
-    return 0
+    """``python -m mpq.leaderboard`` moved: proxy files must not run in this process."""
+    print("error: the leaderboard is now python -m sandbox.leaderboard (same flags; "
+          "--proxy files run in the sandbox)", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -11,6 +11,12 @@ mounted read-write) and to hand each proxy to the ``nobody`` user; the proxy
 itself always runs as ``nobody`` with no capabilities at all (``setuid``
 clears them), exactly as in the process backend.
 
+A container dies with the orchestrator: it is created with ``StdinOnce`` (the
+engine closes its input when the orchestrator's attach connection goes, which
+the kernel does when the orchestrator dies, however), the worker exits at the
+end of its input even while it is still loading, and ``auto_remove`` has the
+engine remove the stopped container.
+
 Two images serve: the one ``sandbox/Dockerfile`` builds (CUDA PyTorch base, for
 users with a registry), and ``tap-mpq-evaluator:offline``, built here without
 any registry (``build_offline_image``): a tiny imported root file system, with
@@ -22,12 +28,15 @@ import importlib.util
 import io
 import os
 import select
+import shutil
 import sys
 import tarfile
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import ClassVar
 
-from sandbox.channel import Channel
+from sandbox.backend import SlotSpec
+from sandbox.channel import WorkerChannel
 from sandbox.process_backend import PROJECT_ROOT, worker_arguments
 from sandbox.protocol import Limits
 
@@ -117,7 +126,8 @@ def container_spec(settings: DockerSettings, task: dict, limits: Limits, cache_d
         "working_dir": "/tmp",
         "stdin_open": True,
         "tty": False,
-        "detach": True,
+        "detach": False,  # docker-py then sets StdinOnce: input closes when the orchestrator goes
+        "auto_remove": True,
         "labels": {"tap-mpq": "evaluator"},
     }
     if settings.cpus:
@@ -137,15 +147,18 @@ def client(docker_host: str | None = None, timeout: int = 10):
 
 
 def engine_answers(docker_host: str | None = None) -> tuple[bool, str]:
-    """(does a Docker engine answer, a line saying which or why not)."""
+    """(does a Docker engine answer, one line saying which, or why not and what to do)."""
     if importlib.util.find_spec("docker") is None:
-        return False, "the docker Python package is not installed"
+        return False, "the docker Python package is not installed (pip install docker)"
     try:
         engine = client(docker_host, timeout=3)
         engine.ping()
         return True, f"Docker engine {engine.version().get('Version', '?')} at {engine.api.base_url}"
     except Exception as exc:  # noqa: BLE001 - any failure means: no engine
-        return False, f"no Docker engine answered ({type(exc).__name__})"
+        if shutil.which("dockerd") or shutil.which("docker"):
+            return False, ("Docker is installed but its engine is not running: start it "
+                           "(sudo systemctl start docker, or sudo dockerd &) and pass --sandbox docker")
+        return False, f"no Docker engine answered ({type(exc).__name__}); install Docker for container slots"
 
 
 def build_offline_image(docker_host: str | None = None, tag: str = OFFLINE_IMAGE) -> str:
@@ -181,29 +194,35 @@ def offline_rootfs() -> bytes:
 
 @dataclass(frozen=True)
 class DockerLauncher:
-    """Starts one evaluator container for a slot."""
+    """The Docker backend: starts one evaluator container for a slot."""
 
-    task: dict
-    limits: Limits
-    cache_dir: Path
+    name: ClassVar[str] = "docker"
+    spec: SlotSpec
     settings: DockerSettings
-    gpu: str | None = None
-    mode: str = "auto"
+
+    @classmethod
+    def availability(cls, settings: object | None = None) -> tuple[bool, str]:
+        return engine_answers(_settings(settings).docker_host)
+
+    @classmethod
+    def for_slot(cls, spec: SlotSpec, settings: object | None = None) -> "DockerLauncher":
+        return cls(spec, _settings(settings))
 
     def notes(self) -> list[str]:
         s = self.settings
         return [f"docker backend: image {s.image}, no network, read-only root, tmpfs /tmp, "
                 f"memory {s.memory_mb} MB, pids {s.pids}, worker user {s.user} with "
                 f"{', '.join(WORKER_CAPABILITIES)} only, proxy as nobody"
-                + (f", GPU {self.gpu}" if self.gpu is not None else "")]
+                + (f", GPU {self.spec.gpu}" if self.spec.gpu is not None else "")]
 
-    def start(self) -> Channel:
+    def start(self) -> WorkerChannel:
         engine = client(self.settings.docker_host)
         settings = self.settings.resolved()
         if settings.image == OFFLINE_IMAGE and not engine.images.list(name=OFFLINE_IMAGE):
             build_offline_image(self.settings.docker_host)
-        container = engine.containers.create(**container_spec(settings, self.task, self.limits, self.cache_dir,
-                                                              self.gpu, self.mode))
+        spec = self.spec
+        container = engine.containers.create(**container_spec(settings, spec.task, spec.limits, spec.cache_dir,
+                                                              spec.gpu, spec.mode))
         sock = engine.api.attach_socket(container.id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
         container.start()
         return _ContainerStream(container, sock).channel
@@ -216,7 +235,7 @@ class _ContainerStream:
         self.container = container
         self.sock = sock._sock if hasattr(sock, "_sock") else sock
         self.raw = b""
-        self.channel = Channel(self.read_chunk, self.sock.sendall, self.kill)
+        self.channel = WorkerChannel(self.read_chunk, self.sock.sendall, self.kill)
 
     def read_chunk(self, timeout_s: float) -> bytes:
         while True:
@@ -252,3 +271,7 @@ class _ContainerStream:
                 self.container.remove(force=True)
             except Exception:  # noqa: BLE001 - already gone
                 pass
+
+
+def _settings(settings: object | None) -> DockerSettings:
+    return settings if isinstance(settings, DockerSettings) else DockerSettings()

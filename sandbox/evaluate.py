@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from sandbox.gate import GateRejection, check_source
-from sandbox.pool import BACKENDS, EvaluatorPool, PoolError
+from sandbox.pool import BACKEND_NAMES, EvaluatorPool, PoolError
 from sandbox.protocol import Limits, failure, result_to_json
 
 
@@ -26,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", default="3avg", help='"3avg" | "1.5MB" | "8x" (default: %(default)s)')
     p.add_argument("--eval-limit", type=int, help="cap on search-split images for acc_quant")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--sandbox", choices=BACKENDS, default="auto")
+    p.add_argument("--sandbox", choices=BACKEND_NAMES, default="auto")
     p.add_argument("--gpus", help="GPU for the slot: an index or 'all' (with --device cuda)")
     p.add_argument("--timeout", type=float, default=Limits.timeout_s, help="seconds (default: %(default)s)")
     p.add_argument("--cache-dir", type=Path, help="ground-truth cache (default: $TAP_MPQ_CACHE or ~/.cache/tap-mpq)")

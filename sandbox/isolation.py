@@ -11,12 +11,19 @@ Standard library only. What the worker does with these, in order:
    ``scrub_environment`` and a fresh empty working directory, then
    ``drop_privileges`` to the ``nobody`` user (so RLIMIT_NPROC holds, the
    worker cannot be signalled, root-owned files are out of reach).
+
+And for every process of a slot: ``die_with_parent`` (the kernel's
+parent-death signal), so that no slot outlives the orchestrator that started it.
 """
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import resource
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
 from sandbox.protocol import Limits
@@ -31,6 +38,8 @@ WRITABLE_MOUNTS = ("/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue")
 """Mounts not remounted read-only (device nodes and the slot's private shm)."""
 
 MB = 1 << 20
+PR_SET_PDEATHSIG = 1
+"""prctl option (linux/prctl.h): a signal for this process when its parent thread exits."""
 
 
 class LockdownError(RuntimeError):
@@ -111,6 +120,28 @@ def drop_privileges() -> str:
     os.setgid(SANDBOX_UID)
     os.setuid(SANDBOX_UID)
     return f"runs as uid {SANDBOX_UID} (nobody)"
+
+
+@functools.lru_cache(maxsize=1)
+def libc() -> ctypes.CDLL | None:
+    """The C library, loaded once (load it before ``fork``: a child must not ``dlopen``)."""
+    if sys.platform != "linux":
+        return None
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def die_with_parent(parent_pid: int | None = None) -> bool:
+    """Have the kernel SIGKILL this process as soon as its parent *thread* exits
+    (prctl ``PR_SET_PDEATHSIG``, Linux). The setting survives ``exec`` (so it holds
+    through ``unshare``), but a change of user clears it: call again after
+    ``drop_privileges``. ``parent_pid``: if the parent already died before this call
+    (its signal was never armed), exit now. False where the platform has no such thing."""
+    c = libc()
+    if c is None or c.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+        return False
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(1)
+    return True
 
 
 def scrub_environment(home: str) -> None:

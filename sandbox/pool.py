@@ -1,13 +1,18 @@
 """A pool of warm evaluator slots: requests queue, results come back as they finish.
 
 Each slot is one worker (a process, or a container with one GPU) that loads the
-task once and then answers requests; a thread per slot feeds it. A slot whose
-worker dies or overruns is killed and replaced by a fresh one; the request it
-was serving gets a ``killed`` / ``timeout`` result, never lost.
+task once and then answers requests; a thread per slot starts and feeds it (and
+lives as long as the pool: a worker's parent-death signal is tied to it). A slot
+whose worker dies or overruns is killed and replaced by a fresh one; the request
+it was serving gets a ``killed`` / ``timeout`` result, never lost.
+
+Backends: one ``sandbox.backend.Launcher`` class each, registered in ``BACKENDS``
+below and nowhere else; ``BACKEND_NAMES`` (what ``--sandbox`` accepts) follows.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 import queue
 import sys
 import threading
@@ -15,27 +20,32 @@ import time
 import uuid
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Iterator
 
-from sandbox.channel import Channel
+from sandbox.backend import Launcher, SlotSpec
+from sandbox.channel import WorkerChannel
+from sandbox.docker_backend import DockerLauncher
 from sandbox.gate import GateRejection, check_source
+from sandbox.process_backend import ProcessLauncher
 from sandbox.protocol import (
     EvaluationRequest, EvaluationResult, Limits, ProtocolError, SlotMessage, failure,
     request_to_json, result_from_json, slot_message_from_json, validate,
 )
 
-BACKENDS = ("process", "docker", "auto")
+BACKENDS: dict[str, type[Launcher]] = {cls.name: cls for cls in (DockerLauncher, ProcessLauncher)}
+"""Every sandbox backend, in the order ``auto`` tries them. A new backend is one
+``Launcher`` class added here."""
+AUTO = "auto"
+BACKEND_NAMES: tuple[str, ...] = (AUTO, *BACKENDS)
+"""What ``--sandbox`` accepts (every command takes its choices from here)."""
 ANSWER_GRACE_S = 10.0
 """Beyond proxy time + fitness time, before a silent slot is declared dead."""
+CLOSE_WAIT_S = 5.0
+"""``close`` waits at most this long for slot threads to stop their workers."""
 
 Log = Callable[[str], None]
 Progress = Callable[[int, int, int], None]
 """(slot, done, total) while a slot computes ground truth on first use."""
-
-
-class Launcher(Protocol):
-    def start(self) -> Channel: ...
-    def notes(self) -> list[str]: ...
 
 
 class PoolError(RuntimeError):
@@ -46,37 +56,56 @@ def _stderr_log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def resolve_backend(backend: str, log: Log = _stderr_log) -> str:
-    """``process`` or ``docker``; ``auto`` picks docker when an engine answers (said once)."""
-    if backend not in BACKENDS:
-        raise PoolError(f"unknown sandbox backend {backend!r}: use {', '.join(BACKENDS)}")
-    if backend != "auto":
+def resolve_backend(backend: str, log: Log = _stderr_log, settings: object | None = None) -> str:
+    """The registered backend to use. ``auto`` takes the first that can run here and
+    says in one line which, and why the ones before it could not (what to do about it);
+    a named backend that cannot run here is a PoolError with that line."""
+    if backend != AUTO and backend not in BACKENDS:
+        raise PoolError(f"unknown sandbox backend {backend!r}: use {', '.join(BACKEND_NAMES)}")
+    if backend != AUTO:
+        ok, detail = BACKENDS[backend].availability(settings)
+        if not ok:
+            raise PoolError(f"--sandbox {backend}: {detail}")
         return backend
-    from sandbox.docker_backend import engine_answers
+    skipped = []
+    for name, launcher in BACKENDS.items():
+        ok, detail = launcher.availability(settings)
+        if ok:
+            log(f"sandbox: {name} backend ({'; '.join(skipped) or detail})")
+            return name
+        skipped.append(detail)
+    raise PoolError(f"no sandbox backend can run here: {'; '.join(skipped)}")
 
-    answers, detail = engine_answers()
-    chosen = "docker" if answers else "process"
-    log(f"sandbox: {chosen} backend ({detail})")
-    return chosen
+
+def absolute_paths(task):
+    """``task`` with its user paths (data root, weights file) made absolute, as the
+    user's shell means them: a worker runs in another directory (``/``, a container)."""
+    def absolute(path: str | None) -> str | None:
+        return None if path is None else os.path.abspath(os.path.expanduser(path))
+
+    weights = task.weights if task.weights in (None, "torchvision") else absolute(task.weights)
+    return dataclasses.replace(task, data_root=absolute(task.data_root), weights=weights)
 
 
 class SlotConnection:
     """One started worker: its ready message, and request/answer over its channel."""
 
-    def __init__(self, channel: Channel, ready: SlotMessage, notes: list[str]):
+    def __init__(self, channel: WorkerChannel, ready: SlotMessage, notes: list[str]):
         self.channel = channel
         self.ready = ready
         self.notes = notes + ready.isolation_notes
         self.dead = False
 
     @classmethod
-    def connect(cls, channel: Channel, notes: list[str], limits: Limits,
+    def connect(cls, channel: WorkerChannel, notes: list[str], limits: Limits,
                 progress: Callable[[int, int], None]) -> "SlotConnection":
         """Wait until a just-started worker is warm; RuntimeError with the reason if not."""
         deadline = time.monotonic() + limits.startup_s
         try:
             while True:
                 line = channel.receive(max(0.0, deadline - time.monotonic()))
+                if line is None and channel.aborted:
+                    raise RuntimeError("the pool was closed while the worker was starting")
                 if line is None:
                     raise RuntimeError(f"the worker exited while starting: {channel.stderr_tail()[-800:]}")
                 message = slot_message_from_json(line)
@@ -106,6 +135,10 @@ class SlotConnection:
         except ValueError as exc:
             self.dead = True
             return failure(request.id, "error", str(exc), isolation_notes=self.notes)
+        if line is None and self.channel.aborted:
+            self.dead = True
+            return failure(request.id, "killed", "the pool was closed during the evaluation",
+                           isolation_notes=self.notes)
         if line is None:
             self.dead = True
             return failure(request.id, "killed", "the evaluator slot died during the evaluation; replaced",
@@ -118,23 +151,33 @@ class SlotConnection:
 
 
 class EvaluatorPool:
-    """N evaluator slots for one task, on the process or Docker backend."""
+    """N evaluator slots for one task, on one of the registered backends."""
 
-    def __init__(self, task, backend: str = "auto", workers: int | None = None, limits: Limits = Limits(), *,
-                 cache_dir: Path | None = None, gpus: list[str] | None = None, docker=None,
-                 worker_mode: str = "auto", progress: Progress | None = None, log: Log = _stderr_log):
-        """``worker_mode``: ``auto`` (fork per evaluation on CPU, in-process on GPU), or
-        ``fork`` / ``in-process`` to force one (tests run the GPU path on a CPU)."""
+    def __init__(self, task, backend: str = AUTO, workers: int | None = None, limits: Limits = Limits(), *,
+                 cache_dir: Path | None = None, gpus: list[str] | None = None, settings: object | None = None,
+                 docker=None, worker_mode: str = "auto", progress: Progress | None = None, log: Log = _stderr_log):
+        """Start the slots (each loads the task in the background: ``wait_ready`` waits).
+
+        ``task``: an ``mpq.task.Task``; relative paths in it mean what they mean in
+        this process's working directory. ``settings``: the backend's own settings
+        (``DockerSettings`` for docker; ``docker=`` is the same argument, by its old
+        name). ``worker_mode``: ``auto`` (fork per evaluation on CPU, in-process on
+        GPU), or ``fork`` / ``in-process`` to force one (tests run the GPU path on a
+        CPU). PoolError when the backend is unknown or cannot run here."""
         from mpq.cache import default_cache_dir
 
-        self.task = task
+        settings = settings if settings is not None else docker
+        self.task = absolute_paths(task)
         self.limits = limits
-        self.backend = resolve_backend(backend, log)
-        cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.backend = resolve_backend(backend, log, settings)
+        cache_dir = Path(cache_dir).absolute() if cache_dir is not None else default_cache_dir()
         gpus = list(gpus or [])
         count = workers or max(1, len(gpus))
-        self._launchers = [self._launcher(cache_dir, gpus[i % len(gpus)] if gpus else None, docker, worker_mode)
-                           for i in range(count)]
+        launcher = BACKENDS[self.backend]
+        self._launchers = [
+            launcher.for_slot(SlotSpec(self.task.to_dict(), limits, cache_dir,
+                                       gpus[i % len(gpus)] if gpus else None, worker_mode), settings)
+            for i in range(count)]
         self._progress = progress or (lambda slot, done, total: None)
         self._requests: queue.Queue = queue.Queue()
         self._completed: queue.Queue = queue.Queue()
@@ -142,20 +185,12 @@ class EvaluatorPool:
         self._lock = threading.Lock()
         self.restarts = 0
         self._warm = [threading.Event() for _ in range(count)]
-        self._starting: dict[int, Channel] = {}
+        self._channels: dict[int, WorkerChannel] = {}
         self._closing = False
-        self._threads = [threading.Thread(target=self._serve, args=(i,), daemon=True) for i in range(count)]
+        self._threads = [threading.Thread(target=self._serve, args=(i,), name=f"evaluator-slot-{i}", daemon=True)
+                         for i in range(count)]
         for thread in self._threads:
             thread.start()
-
-    def _launcher(self, cache_dir: Path, gpu: str | None, docker, mode: str) -> Launcher:
-        if self.backend == "docker":
-            from sandbox.docker_backend import DockerLauncher, DockerSettings
-
-            return DockerLauncher(self.task.to_dict(), self.limits, cache_dir, docker or DockerSettings(), gpu, mode)
-        from sandbox.process_backend import ProcessLauncher
-
-        return ProcessLauncher(self.task.to_dict(), self.limits, cache_dir, gpu, mode)
 
     # --- public interface
 
@@ -182,7 +217,7 @@ class EvaluatorPool:
             yield result
 
     def evaluate(self, source: str, request_id: str | None = None) -> EvaluationResult:
-        """Evaluate one proxy and wait for its result."""
+        """Evaluate one proxy and wait for its result (rejected by the gate at once)."""
         future: Future = Future()
         self._enqueue(self.request(source, request_id), future)
         return future.result()
@@ -194,16 +229,21 @@ class EvaluatorPool:
                    for event in self._warm)
 
     def close(self) -> None:
-        """Stop every slot; one still loading its task is killed rather than waited for."""
-        for _ in self._threads:
-            self._requests.put(None)
+        """Stop every slot, in at most about ``CLOSE_WAIT_S``: a slot still loading its
+        task (ground truth, a container starting) or evaluating is aborted, never
+        waited for; its request gets a ``killed`` result. A slot thread still inside
+        a backend call when the wait ends stops its worker as soon as that returns
+        (and a worker whose thread or process ends dies with it)."""
         with self._lock:
             self._closing = True
-            starting = list(self._starting.values())
-        for channel in starting:
-            channel.kill()
+            channels = list(self._channels.values())
+        for _ in self._threads:
+            self._requests.put(None)
+        for channel in channels:
+            channel.abort()  # the slot's own thread kills it: no fd is closed under a reader
+        deadline = time.monotonic() + CLOSE_WAIT_S
         for thread in self._threads:
-            thread.join()
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def __enter__(self) -> "EvaluatorPool":
         return self
@@ -214,6 +254,9 @@ class EvaluatorPool:
     # --- slots
 
     def _enqueue(self, request: EvaluationRequest, future: Future | None) -> None:
+        if self._closing:  # no slot thread is left to serve it
+            self._deliver(failure(request.id, "error", "the evaluator pool is closed"), future)
+            return
         if request.limits.static_gate:  # refused at once: no slot time spent
             try:
                 check_source(request.proxy_source)
@@ -229,23 +272,31 @@ class EvaluatorPool:
             future.set_result(result)
 
     def _start(self, index: int) -> tuple[SlotConnection | None, str]:
+        """A warm slot, or None and why not. Runs on the slot's own thread, which the
+        worker's parent-death signal is tied to."""
         launcher = self._launchers[index]
+        if self._closing:
+            return None, "the pool is closed"
         try:
             channel = launcher.start()  # seconds for a container: not under the lock
             with self._lock:
                 closing = self._closing
                 if not closing:
-                    self._starting[index] = channel
+                    self._channels[index] = channel
             if closing:
                 channel.kill()
                 return None, "the pool is closed"
             progress = lambda done, total: self._progress(index, done, total)  # noqa: E731
             return SlotConnection.connect(channel, launcher.notes(), self.limits, progress), ""
         except Exception as exc:  # noqa: BLE001 - every request routed here gets the reason
-            return None, f"evaluator slot {index} could not start: {exc}"
-        finally:
             with self._lock:
-                self._starting.pop(index, None)
+                self._channels.pop(index, None)
+            return None, f"evaluator slot {index} could not start: {exc}"
+
+    def _stop(self, index: int, slot: SlotConnection) -> None:
+        with self._lock:
+            self._channels.pop(index, None)
+        slot.close()
 
     def _serve(self, index: int) -> None:
         slot, why = self._start(index)  # warm before the first request arrives
@@ -263,11 +314,11 @@ class EvaluatorPool:
                 result = dataclasses.replace(
                     result, timings={**result.timings, "roundtrip_s": time.perf_counter() - started})
                 if slot.dead:
-                    slot.close()
+                    self._stop(index, slot)
                     with self._lock:
                         self.restarts += 1
                     slot, why = self._start(index)
                 self._deliver(result, future)
         finally:
             if slot is not None:
-                slot.close()
+                self._stop(index, slot)

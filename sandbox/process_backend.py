@@ -7,6 +7,12 @@ mounts down after loading), and every process of the slot dies with it.
 Elsewhere it is a plain child process, and the result's isolation notes say so.
 Either way: a scrubbed environment (no API keys), its own process group
 (killed as a whole), and the per-evaluation limits of ``sandbox.worker``.
+
+A slot dies with the orchestrator, whatever ends it (SIGTERM, SIGKILL, a crash):
+the child gets the kernel's parent-death signal (SIGKILL when the slot's thread
+exits; it survives the ``exec`` of ``unshare``), ``unshare --kill-child`` passes
+that death on to the worker, PID 1 of the slot's namespace, whose death ends
+every process in it; and the worker exits when its input closes.
 """
 from __future__ import annotations
 
@@ -21,8 +27,11 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
-from sandbox.channel import Channel
+from sandbox import isolation
+from sandbox.backend import SlotSpec
+from sandbox.channel import WorkerChannel
 from sandbox.protocol import Limits
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -67,13 +76,19 @@ def worker_arguments(task: dict, limits: Limits, cache_dir: Path, *, lockdown: b
 
 @dataclass(frozen=True)
 class ProcessLauncher:
-    """Starts one worker process for a slot."""
+    """The process backend: starts one worker process for a slot."""
 
-    task: dict
-    limits: Limits
-    cache_dir: Path
-    gpu: str | None = None
-    mode: str = "auto"
+    name: ClassVar[str] = "process"
+    spec: SlotSpec
+
+    @classmethod
+    def availability(cls, settings: object | None = None) -> tuple[bool, str]:
+        ok, why = namespace_support()
+        return True, "namespaces: network, mount, PID" if ok else f"no namespaces: {why}"
+
+    @classmethod
+    def for_slot(cls, spec: SlotSpec, settings: object | None = None) -> "ProcessLauncher":
+        return cls(spec)
 
     def notes(self) -> list[str]:
         ok, why = namespace_support()
@@ -81,19 +96,23 @@ class ProcessLauncher:
             return ["process backend: new network, mount and PID namespaces (no network)"]
         return [f"process backend without namespaces ({why}): network not isolated"]
 
-    def start(self) -> Channel:
+    def start(self) -> WorkerChannel:
         ok, _ = namespace_support()
-        command = [sys.executable, *worker_arguments(self.task, self.limits, self.cache_dir,
-                                                     lockdown=ok, mode=self.mode)]
+        spec = self.spec
+        command = [sys.executable, *worker_arguments(spec.task, spec.limits, spec.cache_dir,
+                                                     lockdown=ok, mode=spec.mode)]
         if ok:
             command = [shutil.which("unshare"), *NAMESPACES, *command]
+        isolation.libc()  # loaded here: the child must not load libraries between fork and exec
+        parent = os.getpid()
         process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, env=worker_environment(self.gpu),
-                                   cwd="/", start_new_session=True)
+                                   stderr=subprocess.PIPE, env=worker_environment(spec.gpu),
+                                   cwd="/", start_new_session=True,
+                                   preexec_fn=lambda: isolation.die_with_parent(parent))
         return _process_channel(process)
 
 
-def _process_channel(process: subprocess.Popen) -> Channel:
+def _process_channel(process: subprocess.Popen) -> WorkerChannel:
     out = process.stdout.fileno()
 
     def read_chunk(timeout_s: float) -> bytes:
@@ -121,7 +140,7 @@ def _process_channel(process: subprocess.Popen) -> Channel:
             except OSError:
                 pass
 
-    channel = Channel(read_chunk, write, kill)
+    channel = WorkerChannel(read_chunk, write, kill)
 
     def drain_stderr() -> None:
         for raw in iter(lambda: process.stderr.readline(65536), b""):

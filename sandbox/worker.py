@@ -25,17 +25,20 @@ import argparse
 import dataclasses
 import json
 import os
+import queue
 import resource
 import select
 import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
+import warnings
 from pathlib import Path
 
-from mpq.proxy import ProxyError, load_proxy
+from mpq.proxy import ProxyError
 from sandbox import isolation
 from sandbox.gate import GateRejection, check_source
 from sandbox.protocol import (
@@ -49,9 +52,15 @@ MAX_REPLY_BYTES = 1 << 20
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-class Channel:
-    """The protocol on private copies of stdin / stdout; fds 0 and 1 become /dev/null,
-    so nothing the proxy prints or reads can touch the protocol."""
+class ParentLink:
+    """The worker's end of the protocol (the orchestrator's is ``sandbox.channel.WorkerChannel``).
+
+    Requests come in on a private copy of stdin, answers go out on one of stdout;
+    fds 0 and 1 become /dev/null, so nothing the proxy prints or reads can touch
+    the protocol. A thread reads the requests: the end of the input means the
+    orchestrator is gone (it died, or its pool closed), and the worker exits at
+    once, also while it is still loading the task (a container has no
+    parent-death signal; its engine closes the input when the orchestrator goes)."""
 
     def __init__(self) -> None:
         self._in = os.fdopen(os.dup(0), "rb")
@@ -60,15 +69,22 @@ class Channel:
         os.dup2(devnull, 0)
         os.dup2(devnull, 1)
         os.close(devnull)
+        self._requests: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        threading.Thread(target=self._read, name="parent-link", daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self._in:
+            if line.strip():
+                self._requests.put(line)
+        os._exit(0)  # the orchestrator is gone: so is this slot (PID 1: with all its processes)
 
     def send(self, line: str) -> None:
         self._out.write(line.encode() + b"\n")
         self._out.flush()
 
     def lines(self):
-        for line in self._in:
-            if line.strip():
-                yield line
+        while True:
+            yield self._requests.get()
 
 
 class Slot:
@@ -166,9 +182,9 @@ class Slot:
         os.chdir(scratch)
         alarm = _Alarm(request.limits.timeout_s)
         try:
-            scores, score_s = proxy_scores(self.evaluator, request.proxy_source)
+            scores, score_s = self.evaluator.proxy_scores(request.proxy_source)
         except BaseException as exc:  # noqa: BLE001 - the proxy's failure, not the worker's
-            if alarm.rang:  # load_proxy turns the alarm into a ProxyError; it is a timeout
+            if alarm.rang:  # the proxy loader turns the alarm into a ProxyError; it is a timeout
                 return failure(request.id, "timeout", f"wall-clock limit of {request.limits.timeout_s:g} s exceeded")
             if isinstance(exc, ProxyError):
                 return failure(request.id, "error", exc.reason, exc.traceback_tail)
@@ -200,35 +216,27 @@ class _Alarm:
         signal.setitimer(signal.ITIMER_REAL, 0)
 
 
-def proxy_scores(evaluator, source: str) -> tuple[list[float], float]:
-    """``Evaluator.evaluate``'s untrusted half: the proxy's scores on copies of the
-    layers (the fitness is computed apart, by ``fitness_of_scores``)."""
-    scorer = load_proxy(source)
-    layers = [f.copy() for f in evaluator.layers]
-    start = time.perf_counter()
-    scores = scorer(layers)
-    return scores, time.perf_counter() - start
-
-
 def _child_scores(evaluator, request: EvaluationRequest, scratch: str, write_end: int) -> None:
     """In the forked child: isolate, run the proxy on copies of the layers, send its scores."""
     import torch
 
+    parent_pid = os.getppid()
     os.setpgid(0, 0)
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
     os.closerange(3, write_end)
     os.closerange(write_end + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
     torch.set_num_threads(1)  # GNU OpenMP hangs in a forked child that goes parallel
     os.chdir(scratch)
     isolation.scrub_environment(scratch)
     isolation.set_limits(request.limits)
     isolation.drop_privileges()
+    isolation.die_with_parent(parent_pid)  # no namespace around us: the worker's death must end us too
     try:
-        scores, score_s = proxy_scores(evaluator, request.proxy_source)
+        scores, score_s = evaluator.proxy_scores(request.proxy_source)
         answer = {"scores": scores, "score_s": score_s}
     except ProxyError as exc:
         answer = {"error": exc.reason, "traceback_tail": exc.traceback_tail}
@@ -328,7 +336,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _start(args: argparse.Namespace, channel: Channel) -> Slot:
+def _start(args: argparse.Namespace, channel: ParentLink) -> Slot:
     from mpq.fitness import Evaluator
     from mpq.task import Task
 
@@ -357,6 +365,7 @@ def _start(args: argparse.Namespace, channel: Channel) -> Slot:
         isolation.scrub_environment(scratch_root)
         notes += isolation.set_limits(limits, address_space=False, cpu=False)
         notes.append(isolation.drop_privileges())
+        isolation.die_with_parent(args.parent_pid)  # the change of user cleared it
     else:
         notes.append("rlimits, scrubbed environment, fresh scratch dir and the nobody user per evaluation"
                      if isolation.is_root() else "rlimits, scrubbed environment, fresh scratch dir per evaluation")
@@ -366,9 +375,20 @@ def _start(args: argparse.Namespace, channel: Channel) -> Slot:
     return Slot(evaluator, task.to_dict(), mode, scratch_root, notes)
 
 
+def _exit_on_signal(signum: int, frame) -> None:
+    os._exit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
-    channel = Channel()
+    # As PID 1 of its namespace the worker gets no signal it has no handler for
+    # (SIGKILL aside): with these, SIGTERM / SIGINT / SIGHUP end the slot at once.
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, _exit_on_signal)
+    # Forking next to the ParentLink thread is safe here: the child never touches its stream.
+    warnings.filterwarnings("ignore", message=".*multi-threaded.*fork", category=DeprecationWarning)
+    channel = ParentLink()
     args = _parse(argv)
+    args.parent_pid = os.getppid()
     try:
         slot = _start(args, channel)
     except Exception as exc:  # noqa: BLE001 - reported to the pool, which decides

@@ -1,5 +1,6 @@
-"""The leaderboard CLI: end to end on the embedded data set with the committed
-checkpoint (a real subprocess, small search / test limits), and bad input."""
+"""The leaderboard command (``python -m sandbox.leaderboard``): end to end on the
+embedded data set with the committed checkpoint (a real subprocess, small search /
+test limits), proxy files judged in the sandbox (hostile ones contained), and bad input."""
 from __future__ import annotations
 
 import json
@@ -11,8 +12,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from mpq.leaderboard import main
 from mpq.proxies import BASELINES
+from sandbox.leaderboard import main
+from sandbox_hostile import CANARIES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,18 +26,24 @@ def score(layer):
 BROKEN_PROXY = """def score_all(layers):
     return [1.0, 2.0]
 """
+HOSTILE = Path(__file__).parent / "hostile"
+CONTAINED = {"write_outside": "rejected", "infinite_loop": "timeout"}
+"""Proxy files that would write outside / hang the leaderboard's own process, and their fate."""
 
 
 @pytest.fixture(scope="module")
 def board(tmp_path_factory):
-    """One real run: two baselines, a user proxy and a broken one, two budgets."""
+    """One real run: two baselines, a user proxy, a broken one and hostile ones, two budgets."""
     tmp = tmp_path_factory.mktemp("board")
+    for path in CANARIES:  # a leftover would hide an escape
+        path.unlink(missing_ok=True)
     (tmp / "mine.py").write_text(USER_PROXY)
     (tmp / "broken.py").write_text(BROKEN_PROXY)
+    files = [tmp / "mine.py", tmp / "broken.py"] + [HOSTILE / f"{name}.py" for name in CONTAINED]
     out = tmp / "board.json"
-    cmd = [sys.executable, "-m", "mpq.leaderboard", "--model", "mobilenetv2", "--dataset", "embedded",
-           "--budget", "3avg,4avg", "--baselines", "uniform,weight_norm",
-           "--proxy", str(tmp / "mine.py"), "--proxy", str(tmp / "broken.py"),
+    cmd = [sys.executable, "-m", "sandbox.leaderboard", "--model", "mobilenetv2", "--dataset", "embedded",
+           "--budget", "3avg,4avg", "--baselines", "uniform,weight_norm", "--sandbox", "process", "--timeout", "5",
+           *[arg for file in files for arg in ("--proxy", str(file))],
            "--eval-limit", "24", "--test-limit", "40", "--config-samples", "12",
            "--cache-dir", str(tmp / "cache"), "--json", str(out)]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
@@ -46,7 +54,8 @@ def board(tmp_path_factory):
 def test_rows_for_every_proxy_and_budget(board):
     report, stdout = board
     keys = {(r["proxy"], r["budget"]) for r in report["rows"]}
-    assert keys == {(p, b) for p in ("uniform", "weight_norm", "mine", "broken") for b in ("3avg", "4avg")}
+    names = ("uniform", "weight_norm", "mine", "broken", *CONTAINED)
+    assert keys == {(p, b) for p in names for b in ("3avg", "4avg")}
     for budget in ("3avg", "4avg"):
         assert f"budget {budget}" in stdout
     assert "mine" in stdout and "error:" in stdout
@@ -80,6 +89,37 @@ def test_a_broken_proxy_is_an_error_row_not_a_crash(board):
     assert broken and all("2 scores for" in r["error"] for r in broken)
 
 
+def test_proxy_files_run_in_the_sandbox_and_hostile_ones_are_contained(board):
+    report, _ = board
+    for name, status in CONTAINED.items():
+        rows = [r for r in report["rows"] if r["proxy"] == name]
+        assert rows and all(r["error"].startswith(f"{status}: ") for r in rows), rows
+    assert not [str(p) for p in CANARIES if p.exists()]
+    # a proxy file that runs in a slot says so through the sandbox's own failure text
+    broken = [r for r in report["rows"] if r["proxy"] == "broken"]
+    assert all(r["error"].startswith("error: ") for r in broken)
+
+
+def test_the_old_command_runs_no_proxy_file(tmp_path):
+    """``python -m mpq.leaderboard`` must not import what it is given: it points to the sandboxed command."""
+    canary = tmp_path / "ran"
+    proxy = tmp_path / "p.py"
+    proxy.write_text(f"open({str(canary)!r}, 'w').close()\ndef score(layer):\n    return 1.0\n")
+    done = subprocess.run([sys.executable, "-m", "mpq.leaderboard", "--proxy", str(proxy)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "python -m sandbox.leaderboard" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not canary.exists()
+
+
+def test_proxy_files_without_a_sandbox_are_refused_before_loading_anything(tmp_path):
+    from mpq.leaderboard import LeaderboardConfig, LeaderboardError, run
+
+    proxy = tmp_path / "p.py"
+    proxy.write_text("def score(layer):\n    return 1.0\n")
+    with pytest.raises(LeaderboardError, match="only in the sandbox"):
+        run(LeaderboardConfig(proxies=(str(proxy),)))
+
+
 def test_references_bound_and_machine(board):
     report, _ = board
     names = [r["name"] for r in report["reference"]]
@@ -95,7 +135,8 @@ def test_references_bound_and_machine(board):
 
 
 def test_all_baselines_are_the_default():
-    from mpq.leaderboard import LeaderboardConfig, build_parser, config_from_args
+    from mpq.leaderboard import LeaderboardConfig
+    from sandbox.leaderboard import build_parser, config_from_args
     assert LeaderboardConfig().baselines == tuple(BASELINES)
     assert config_from_args(build_parser().parse_args([])).baselines == tuple(BASELINES)
 
@@ -123,7 +164,7 @@ def test_bad_input_is_one_line_and_exit_2(args, message, capsys, tmp_path):
 
 
 def test_bad_input_exits_2_from_the_shell():
-    done = subprocess.run([sys.executable, "-m", "mpq.leaderboard", "--budget", "4qq"], cwd=ROOT,
+    done = subprocess.run([sys.executable, "-m", "sandbox.leaderboard", "--budget", "4qq"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "bad budget" in done.stderr

@@ -22,7 +22,7 @@ from sandbox.protocol import Limits
 from sandbox_hostile import ALIVE, CANARIES
 
 HOSTILE = Path(__file__).parent / "hostile"
-TASK = Task(eval_limit=32)
+TASK = Task(dataset="embedded", eval_limit=32)
 LIMITS = Limits(timeout_s=4, cpu_s=20, memory_mb=1024, scratch_mb=32)
 GOOD = (PROJECT_ROOT / "mpq" / "proxies" / "weight_norm.py").read_text()
 CACHE = Path("/var/cache/tap-mpq-test")
@@ -43,6 +43,7 @@ def test_containers_are_locked_down():
     assert s["cap_drop"] == ["ALL"] and "SYS_ADMIN" not in s["cap_add"] and "NET_RAW" not in s["cap_add"]
     assert s["security_opt"] == ["no-new-privileges"]
     assert "device_requests" not in s
+    assert s["auto_remove"] is True and s["detach"] is False  # StdinOnce: dies with the orchestrator
     assert set(s["environment"]) == {"PYTHONPATH", "HOME", "PATH", "LANG", "PYTHONDONTWRITEBYTECODE"}
 
 
@@ -145,22 +146,64 @@ def test_hostile_proxies_are_contained_in_a_container(docker_pool, name, allowed
     assert after.status == "error" and "alive" in after.reason
 
 
-@pytest.mark.docker
-def test_closing_the_pool_removes_its_containers_even_while_they_load(engine):
+def our_containers(engine) -> dict[str, str]:
+    """{id: status} of this project's evaluator containers on the test engine."""
     from sandbox.docker_backend import client
+
+    return {c.id: c.status for c in client(engine.docker_host).containers.list(
+        all=True, filters={"label": "tap-mpq=evaluator"})}
+
+
+def wait_for(condition, bound_s: float) -> bool:
+    deadline = time.monotonic() + bound_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return condition()
+
+
+@pytest.mark.docker
+def test_closing_the_pool_removes_its_containers_even_while_they_load(engine, tmp_path):
     from sandbox.pool import EvaluatorPool
 
     settings = DockerSettings(docker_host=engine.docker_host, memory_mb=4096, pids=128)
-    engine_client = client(engine.docker_host)
-
-    def ours():
-        return {c.id for c in engine_client.containers.list(all=True, filters={"label": "tap-mpq=evaluator"})}
-
-    before = ours()
-    started = time.monotonic()
-    with EvaluatorPool(TASK, backend="docker", limits=LIMITS, docker=settings) as pool:
+    before = set(our_containers(engine))
+    pool = EvaluatorPool(TASK, backend="docker", limits=LIMITS, docker=settings, cache_dir=tmp_path / "fresh")
+    try:  # a fresh cache: the slot is busy loading and measuring the ground truth for minutes
         assert pool.evaluate("import os\ndef score(l): return 1\n").status == "rejected"
-        while not ours() - before and time.monotonic() - started < 60:
-            time.sleep(0.2)
-        assert len(ours() - before) == 1
-    assert ours() == before
+        assert wait_for(lambda: set(our_containers(engine)) - before, 60), "no container started"
+    finally:
+        started = time.monotonic()
+        pool.close()
+        took = time.monotonic() - started
+    assert took < 10.0, f"close took {took:.1f} s"
+    assert wait_for(lambda: set(our_containers(engine)) <= before, 60), our_containers(engine)
+
+
+@pytest.mark.docker
+def test_no_container_outlives_a_killed_evaluate_command(engine, tmp_path):
+    """SIGKILL leaves no cleanup code to run: the engine closes the container's input, the
+    worker exits on it, even while measuring the ground truth, and the engine removes it."""
+    import os
+    import signal
+    import subprocess
+
+    proxy = tmp_path / "p.py"
+    proxy.write_text("def score(layer):\n    return 1.0\n")
+    env = {**os.environ, **({"DOCKER_HOST": engine.docker_host} if engine.docker_host else {})}
+    before = set(our_containers(engine))
+    orchestrator = subprocess.Popen(
+        [sys.executable, "-m", "sandbox.evaluate", str(proxy), "--sandbox", "docker", "--dataset", "embedded", "--eval-limit", "32",
+         "--cache-dir", str(tmp_path / "fresh")], cwd=PROJECT_ROOT, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    os.set_blocking(orchestrator.stderr.fileno(), False)
+    seen = b""
+    deadline = time.monotonic() + 600  # hang guard: until the slot measures the ground truth
+    while b"ground truth" not in seen and orchestrator.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        seen += orchestrator.stderr.read() or b""
+    ours = set(our_containers(engine)) - before
+    os.kill(orchestrator.pid, signal.SIGKILL)
+    orchestrator.wait(60)
+    assert b"ground truth" in seen and len(ours) == 1, seen.decode()[-1500:]
+    assert wait_for(lambda: all(our_containers(engine).get(c) != "running" for c in ours), 5.0)
+    assert wait_for(lambda: not ours & set(our_containers(engine)), 60)

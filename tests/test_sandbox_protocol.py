@@ -153,14 +153,55 @@ def test_gate_has_a_size_limit():
 
 # --- backend choice and worker environment ----------------------------------------
 
-def test_auto_backend_says_once_which_it_took(monkeypatch):
+@pytest.mark.parametrize("installed, hint", [
+    ("/usr/sbin/dockerd", "Docker is installed but its engine is not running: start it"),
+    (None, "no Docker engine answered"),
+])
+def test_auto_backend_says_in_one_line_which_it_took_and_what_to_do(monkeypatch, installed, hint):
+    import sandbox.docker_backend
     from sandbox.pool import resolve_backend
 
-    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/tap-mpq.sock")
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/tap-mpq.sock")  # no engine answers there
+    monkeypatch.setattr(sandbox.docker_backend.shutil, "which", lambda name: installed)
     said = []
     assert resolve_backend("auto", said.append) == "process"
-    assert len(said) == 1 and "process backend" in said[0] and "no Docker engine" in said[0]
+    assert len(said) == 1 and "\n" not in said[0]
+    assert said[0].startswith("sandbox: process backend (") and hint in said[0]
+    if installed:
+        assert "--sandbox docker" in said[0]
     assert resolve_backend("process", said.append) == "process" and len(said) == 1
+
+
+def test_a_named_backend_that_cannot_run_is_one_clear_error(monkeypatch):
+    from sandbox.pool import PoolError, resolve_backend
+
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/tap-mpq.sock")
+    with pytest.raises(PoolError, match="--sandbox docker: .*Docker"):
+        resolve_backend("docker", print)
+
+
+def test_every_backend_is_one_registered_class():
+    from sandbox.backend import Launcher
+    from sandbox.pool import BACKEND_NAMES, BACKENDS
+
+    assert BACKEND_NAMES == ("auto", *BACKENDS) and set(BACKENDS) == {"process", "docker"}
+    for name, launcher in BACKENDS.items():
+        assert launcher.name == name
+        assert all(callable(getattr(launcher, m)) for m in ("availability", "for_slot", "start", "notes"))
+        assert set(Launcher.__dict__) & {"availability", "for_slot", "start", "notes"} == {
+            "availability", "for_slot", "start", "notes"}
+
+
+def test_user_paths_are_made_absolute_in_the_callers_directory(tmp_path, monkeypatch):
+    from mpq.task import Task
+    from sandbox.pool import absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    task = absolute_paths(Task(dataset="cifar10", data_root="../data/cifar10", weights="ckpt/m.pt"))
+    assert task.data_root == str(tmp_path.parent / "data" / "cifar10")
+    assert task.weights == str(tmp_path / "ckpt" / "m.pt")
+    assert absolute_paths(Task(weights="torchvision")).weights == "torchvision"
+    assert absolute_paths(Task()) == Task()
 
 
 def test_workers_inherit_no_environment(monkeypatch):

@@ -1,46 +1,48 @@
-"""The embedded local LLM on this machine: install, load, speed, RAM, valid drafts.
+"""The local LLM on this machine: valid drafts (after the critic), speed, fitness.
 
-    python -m benchmarks.local_llm [--drafts 40] [--modes grammar,free] [--minutes 60]
+    python -m benchmarks.local_llm [--llm-model NAME|FILE] [--prompts full|compact|DIR]
+        [--drafts 10] [--minutes 60] [--model M --dataset D --budget B]   # the task
+    python -m benchmarks.local_llm --table        # merge every run into local_llm.json
 
 Drafts go through the real agents (propose / mutate / crossover / repair, the
-project's prompts/, ChatOpenAI, the agents' parser) against the real local
-server; "valid" = the agents' parser accepts the response AND the sandbox's
-static gate (sandbox.gate.check_source) accepts the code. Each template is
-asked with the real mobilenetv2 / embedded task, its real layer table, and
-baseline proxies from mpq/proxies as parents (critic: those parents with a
-realistic failure). Modes: ``grammar`` = the server's default GBNF constraint
-(reasoning + one python block), ``free`` = no constraint; drafts of the modes
-and templates are interleaved so that the machine's load hits them alike.
+chosen prompt set, ChatOpenAI, the agents' parser) against the real local
+server, and every draft is evaluated in the real sandbox (EvaluatorPool, the
+graph's evaluator) on the task; a failing draft goes to the critic
+(agents.critic.repair_loop, at most ``--repairs`` times), as in a search.
+``first_pass`` = the draft evaluated with status ok before any repair;
+``valid`` = status ok after the critic's repairs (issue 13's bar: >= 0.8 on
+every template). Templates are interleaved so the machine's load hits them
+alike. init drafts cycle through the set's idea families; mutation and
+crossover get the human baselines (mpq/proxies) as parents, with their real
+fitness; the critic template gets a baseline with a realistic failure.
 
-Resumable: per-draft results accumulate in the output JSON; a rerun continues
-until each (mode, template) has ``--drafts`` drafts or ``--minutes`` pass.
-Prompt / generation tokens per second come from the server's /metrics.
+Resumable: per-draft rows accumulate in the output JSON (one file per model x
+prompt set); a rerun continues until each template has ``--drafts`` drafts or
+``--minutes`` pass. The CPU is shared: each row records the 1-minute load
+average when it finished. Prompt / generation tokens per second come from the
+server's /metrics.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
 import re
-import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from agents import local_model
 from agents.local_server import ENGINE_REQUIREMENT, LocalLLMServer
 
 TEMPLATES = ("init", "mutation", "crossover", "critic")
-OUT = Path(__file__).parent / "results" / "local_llm.json"
-
-# llama-cpp-python (the alternative engine) has no wheel for this platform on
-# the registry; its source build was timed once with the command below (a
-# ~22 min build is not rerun on every benchmark; --measure-build reruns it).
-BUILD_COMMAND = "CMAKE_BUILD_PARALLEL_LEVEL=2 pip wheel --no-deps llama-cpp-python==0.3.36"
+RESULTS = Path(__file__).parent / "results"
+TABLE = RESULTS / "local_llm.json"
+HUMAN_PARENTS = ("weight_norm", "snip", "tap_formula", "ompq", "emq")
 
 # Realistic sandbox failures shown to the critic (reason, traceback tail).
 FAILURES = (
@@ -51,42 +53,73 @@ FAILURES = (
 )
 
 
-def default_max_tokens() -> int:
-    from agents.llm import LLMSettings
+@dataclass(frozen=True)
+class BenchConfig:
+    """One benchmark run: a model x prompt set on one task."""
 
-    return LLMSettings().max_tokens
+    llm_model: str | None
+    """A packaged model name (agents.local_model.MODELS), a GGUF path, or None (the default model)."""
+    prompts: str
+    """full | compact | a prompt folder."""
+    task: dict
+    """mpq.task.Task.to_dict() of the evaluation task."""
+    drafts: int = 10
+    """Drafts per template."""
+    templates: tuple[str, ...] = TEMPLATES
+    minutes: float = 60.0
+    repairs: int = 2
+    max_tokens: int = 700
+    timeout_s: float = 900.0
+    slots: int = 1
+    out: Path = RESULTS / "local_llm_run.json"
+    fresh: bool = False
+
+
+def model_path(name: str | None) -> Path:
+    if name in local_model.MODELS:
+        return local_model.packaged_model_path(local_model.MODELS[name])
+    return local_model.resolve_model(name)
+
+
+def short_name(name: str | None) -> str:
+    stem = Path(name).stem if name else local_model.DEFAULT_MODEL.name
+    m = re.search(r"(\d+(?:\.\d+)?b)", stem)
+    return m.group(1) if m else stem
 
 
 def machine() -> dict:
     import torch
 
     return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-            "python": platform.python_version(), "load_avg_at_start": os.getloadavg()}
+            "python": platform.python_version(), "shared_cpu": "2 cores shared with ~6 engineers' jobs"}
 
 
-def layer_table() -> str:
-    """The prompts' real layer table for mobilenetv2 on the embedded data set."""
+def layer_table(task) -> str:
+    """The prompts' real layer table for the task (as graph/final.py builds it)."""
     from mpq.data import calibration_batch, load_splits
     from mpq.features import describe_layers, extract_features
     from mpq.models import load_model
 
-    splits = load_splits("embedded")
-    model = load_model("mobilenetv2", splits.spec).eval()
-    images, labels = calibration_batch(splits, 16, 0)
+    splits = load_splits(task.dataset, task.data_root, seed=task.seed)
+    model = load_model(task.model, splits.spec, task.weights).eval()
+    images, labels = calibration_batch(splits, task.calib_size, task.seed)
     return describe_layers(extract_features(model, images, labels, with_grad=False))
 
 
-def baseline_parents():
+def human_parents(pool) -> tuple[list, dict]:
+    """The baselines as parents, with their fitness measured in ``pool``."""
     from agents.context import Parent
-    from mpq.proxies import PROXY_DIR
+    from mpq.proxies import baseline_source
 
-    parents = []
-    for name in ("weight_norm", "snip", "tap_formula", "ompq", "emq"):
-        source = (PROXY_DIR / f"{name}.py").read_text()
+    parents, fitness = [], {}
+    for name in HUMAN_PARENTS:
+        source = baseline_source(name)
         doc = re.match(r'\s*"""(.*?)"""', source, re.DOTALL)
-        idea = doc.group(1).strip().splitlines()[0] if doc else name
-        parents.append(Parent(id=name, code=source, reasoning=idea))
-    return parents
+        result = pool.evaluate(source, f"human-{name}")
+        fitness[name] = {"status": result.status, "phi": result.phi, "rho_sens": result.rho_sens, "acc_quant": result.acc_quant}
+        parents.append(Parent(id=name, code=source, reasoning=doc.group(1).strip().splitlines()[0] if doc else name,
+                              phi=result.phi, rho_sens=result.rho_sens, acc_quant=result.acc_quant))
+    return parents, fitness
 
 
 def ask(llm, prompts, ctx, parents, template: str, i: int):
@@ -99,7 +132,8 @@ def ask(llm, prompts, ctx, parents, template: str, i: int):
 
     a, b = parents[i % len(parents)], parents[(i + 1) % len(parents)]
     if template == "init":
-        return propose(llm, prompts, ctx)
+        families = prompts.idea_families
+        return propose(llm, prompts, ctx, idea=families[i % len(families)] if families else None)
     if template == "mutation":
         return mutate(llm, prompts, ctx, a)
     if template == "crossover":
@@ -108,32 +142,59 @@ def ask(llm, prompts, ctx, parents, template: str, i: int):
     return repair(llm, prompts, ctx, a.code, EvalFailure(reason, tail))
 
 
-def judge(llm, prompts, ctx, parents, template: str, i: int) -> dict:
-    from agents.drafts import DraftError
+def judge(llm, prompts, ctx, parents, pool, template: str, i: int, repairs: int) -> dict:
+    """Draft, evaluate in the sandbox, repair with the critic; one result row."""
+    from agents.context import EvalFailure
+    from agents.critic import repair_loop
+    from agents.dedupe import ast_hash
+    from agents.drafts import DraftError, ProxyDraft
     from agents.llm import LLMCallError
-    from sandbox.gate import GateRejection, check_source
 
     start = time.perf_counter()
-    row = {"template": template, "valid": False, "stage": "ok", "reason": ""}
-    record = None
+    row = {"template": template, "i": i, "first_pass": False, "valid": False, "stage": "ok", "reason": ""}
+    evals: list = []
+
+    def evaluate(code: str):
+        t0 = time.perf_counter()
+        result = pool.evaluate(code, f"{template}-{i}-{len(evals)}")
+        evals.append((result, time.perf_counter() - t0))
+        return None if result.ok else EvalFailure(result.reason, result.traceback_tail)
+
+    parsed = True
     try:
-        draft, record = ask(llm, prompts, ctx, parents, template, i)
-        try:
-            check_source(draft.code)
-            row["valid"] = True
-        except GateRejection as err:
-            row.update(stage="gate", reason=str(err)[:200])
-    except DraftError as err:
-        record = getattr(err, "record", None)
-        row.update(stage="parse", reason=str(err)[:200])
+        proxy, record = ask(llm, prompts, ctx, parents, template, i)
+        records = [record]
     except LLMCallError as err:
-        record = err.record
         row.update(stage="call", reason=str(err)[:200])
-    row["seconds"] = round(time.perf_counter() - start, 2)
-    if record is not None:
-        row.update(tokens_in=record.tokens_in, tokens_out=record.tokens_out)
-        if not row["valid"]:  # kept short, to see why
-            row["response_head"], row["response_tail"] = record.response[:300], record.response[-300:]
+        return finish(row, [err.record], evals, start)
+    except DraftError as err:  # code that does not parse or lacks score: the critic may fix it
+        records, parsed = ([err.record] if err.record else []), False
+        if not err.code:
+            row.update(stage="parse", reason=str(err)[:200])
+            return finish(row, records, evals, start)
+        proxy = ProxyDraft("", err.code, "init", (), ast_hash(err.code))
+    outcome = repair_loop(llm, prompts, ctx, proxy, evaluate, max_repairs=repairs)
+    row.update(first_pass=parsed and evals[0][0].ok, valid=outcome.failure is None, repairs=outcome.repairs,
+               code=outcome.draft.code[:4000], ast_hash=outcome.draft.ast_hash,
+               reasoning=outcome.draft.reasoning[:400])
+    if outcome.failure is not None:
+        row.update(stage=evals[-1][0].status if evals else "repair", reason=str(outcome.failure)[:300])
+    else:
+        ok = evals[-1][0]
+        row.update(phi=ok.phi, rho_sens=ok.rho_sens, acc_quant=ok.acc_quant, avg_bits=ok.avg_bits)
+    return finish(row, records + list(outcome.records), evals, start)
+
+
+def finish(row: dict, records: list, evals: list, start: float) -> dict:
+    """Timings, tokens and load of a judged row."""
+    records = [r for r in records if r is not None]
+    row.update(seconds=round(time.perf_counter() - start, 2),
+               llm_s=round(sum(r.latency_s or 0.0 for r in records), 2),
+               eval_s=round(sum(s for _, s in evals), 2), llm_calls=len(records), evaluations=len(evals),
+               tokens_in=sum(r.tokens_in or 0 for r in records), tokens_out=sum(r.tokens_out or 0 for r in records),
+               load_1m=round(os.getloadavg()[0], 2))
+    if not row["valid"] and records:  # kept short, to see why
+        row["response_tail"] = records[-1].response[-300:]
     return row
 
 
@@ -157,148 +218,194 @@ def rss_peak_mb(pid: int | None) -> float | None:
     return round(int(m.group(1)) / 1024, 1) if m else None
 
 
-def timed(cmd: list[str] | str, env: dict | None = None) -> float:
-    start = time.perf_counter()
-    subprocess.run(cmd, check=True, shell=isinstance(cmd, str), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return round(time.perf_counter() - start, 1)
+def known_hashes(prompts) -> set[str]:
+    """AST hashes a draft must not merely copy: the human baselines and every
+    python block the prompt set shows (examples, skeleton, contract example)."""
+    from agents.dedupe import ast_hash
+    from mpq.proxies import BASELINES
+
+    texts = [prompts.contract, *prompts.snippets.values(), *prompts.templates.values()]
+    blocks = [b for t in texts for b in re.findall(r"```python\n(.*?)```", t, re.DOTALL)]
+    return {ast_hash(Path(p).read_text()) for p in BASELINES.values()} | {ast_hash(b) for b in blocks}
 
 
-def measure_install(results: dict) -> None:
-    """Install time of the engine wheel and the model packages into a scratch folder."""
-    spec = local_model.DEFAULT_MODEL
-    with tempfile.TemporaryDirectory() as tmp:
-        pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target"]
-        results["install"] = {
-            "engine": ENGINE_REQUIREMENT,
-            "engine_install_s": timed(pip + [f"{tmp}/engine", ENGINE_REQUIREMENT]),
-            "model_packages_install_s": timed(pip + [f"{tmp}/model", *spec.requirements]),
-            "note": "pip install from PyPI (pip's cache may hold the files); no compilation",
-        }
-        start = time.perf_counter()
-        local_model.assemble(spec, Path(tmp) / spec.filename)
-        results["install"]["assemble_and_hash_s"] = round(time.perf_counter() - start, 1)
+def summarise(results: dict) -> dict:
+    """Per-template and overall rates, speed, fitness and load of one run."""
+    rows, known = results["drafts"], set(results.get("known_hashes", []))
+    per = {}
+    for t in TEMPLATES:
+        sel = [r for r in rows if r["template"] == t]
+        if sel:
+            per[t] = {"drafts": len(sel), "first_pass_rate": _rate(sel, "first_pass"), "valid_rate": _rate(sel, "valid"),
+                      "seconds_per_draft": _mean(sel, "seconds"),
+                      "final_failures": {s: sum(r["stage"] == s for r in sel) for s in sorted({r["stage"] for r in sel} - {"ok"})}}
+    valid = [r for r in rows if r["valid"]]
+    unique, seen = [], set(known)
+    for r in valid:
+        if r["ast_hash"] not in seen:
+            unique.append(r)
+            seen.add(r["ast_hash"])
+    wall_min = sum(r["seconds"] for r in rows) / 60
+    llm_min = sum(r["llm_s"] for r in rows) / 60
+    phis = [r["phi"] for r in valid if r.get("phi") is not None]
+    uphis = [r["phi"] for r in unique if r.get("phi") is not None]
+    loads = [r["load_1m"] for r in rows if "load_1m" in r]
+    m = results.get("metrics", {})
+    return {
+        "templates": per, "drafts": len(rows),
+        "first_pass_rate": _rate(rows, "first_pass"), "valid_rate": _rate(rows, "valid"),
+        "min_template_valid_rate": min((v["valid_rate"] for v in per.values()), default=None),
+        "valid_unique": len(unique), "duplicates_of_known_or_earlier": len(valid) - len(unique),
+        "valid_unique_per_min": round(len(unique) / wall_min, 3) if wall_min else None,
+        "valid_unique_per_llm_min": round(len(unique) / llm_min, 3) if llm_min else None,
+        "seconds_per_draft": _mean(rows, "seconds"), "llm_s_per_draft": _mean(rows, "llm_s"),
+        "eval_s_per_draft": _mean(rows, "eval_s"), "llm_calls_per_draft": _mean(rows, "llm_calls"),
+        "fitness_valid_mean": round(sum(phis) / len(phis), 4) if phis else None,
+        "fitness_valid_best": round(max(phis), 4) if phis else None,
+        "fitness_unique_mean": round(sum(uphis) / len(uphis), 4) if uphis else None,
+        "fitness_best_human": max((h["phi"] for h in results.get("humans", {}).values() if h.get("phi") is not None), default=None),
+        "mean_tokens_in": _mean(rows, "tokens_in"), "mean_tokens_out": _mean(rows, "tokens_out"),
+        "prompt_tokens_per_s": round(m["prompt_tokens_total"] / m["prompt_seconds_total"], 1) if m.get("prompt_seconds_total") else None,
+        "generation_tokens_per_s": round(m["tokens_predicted_total"] / m["tokens_predicted_seconds_total"], 1) if m.get("tokens_predicted_seconds_total") else None,
+        "load_1m": {"min": min(loads), "mean": round(sum(loads) / len(loads), 2), "max": max(loads)} if loads else None,
+    }
 
 
-def measure_build(results: dict) -> None:
-    env = dict(os.environ, CMAKE_BUILD_PARALLEL_LEVEL="2")
-    with tempfile.TemporaryDirectory() as tmp:
-        seconds = timed(f"{sys.executable} -m pip wheel -q --no-deps --no-cache-dir -w {tmp} llama-cpp-python==0.3.36", env)
-    results["alternative_engine"] = {"package": "llama-cpp-python==0.3.36", "command": BUILD_COMMAND,
-                                     "build_wall_s": seconds, "load_avg": os.getloadavg()}
+def _rate(rows: list[dict], key: str) -> float | None:
+    return round(sum(bool(r.get(key)) for r in rows) / len(rows), 3) if rows else None
 
 
-def summarise(results: dict) -> None:
-    rows = results["drafts"]
-    table = {}
-    for mode in results["modes"]:
-        per = {}
-        for t in TEMPLATES:
-            sel = [r for r in rows if r["mode"] == mode and r["template"] == t]
-            if sel:
-                per[t] = {"drafts": len(sel), "valid": sum(r["valid"] for r in sel),
-                          "valid_rate": round(sum(r["valid"] for r in sel) / len(sel), 3),
-                          "seconds_per_draft": round(sum(r["seconds"] for r in sel) / len(sel), 1),
-                          "failures": {s: sum(r["stage"] == s for r in sel) for s in ("parse", "gate", "call")}}
-        allsel = [r for r in rows if r["mode"] == mode]
-        m = results["metrics"].get(mode, {})
-        table[mode] = {
-            "templates": per,
-            "drafts": len(allsel),
-            "valid_rate": round(sum(r["valid"] for r in allsel) / len(allsel), 3) if allsel else None,
-            "seconds_per_draft": round(sum(r["seconds"] for r in allsel) / len(allsel), 1) if allsel else None,
-            "prompt_tokens_per_s": round(m["prompt_tokens_total"] / m["prompt_seconds_total"], 1) if m.get("prompt_seconds_total") else None,
-            "generation_tokens_per_s": round(m["tokens_predicted_total"] / m["tokens_predicted_seconds_total"], 1) if m.get("tokens_predicted_seconds_total") else None,
-            "mean_tokens_in": round(sum(r.get("tokens_in", 0) for r in allsel) / len(allsel)) if allsel else None,
-            "mean_tokens_out": round(sum(r.get("tokens_out", 0) for r in allsel) / len(allsel)) if allsel else None,
-        }
-    results["summary"] = table
+def _mean(rows: list[dict], key: str) -> float | None:
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    return round(sum(vals) / len(vals), 1) if vals else None
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--drafts", type=int, default=40, help="drafts per template and mode (default 40)")
-    parser.add_argument("--modes", default="grammar,free", help="grammar, free or both (comma separated)")
-    parser.add_argument("--templates", default=",".join(TEMPLATES))
-    parser.add_argument("--minutes", type=float, default=60.0, help="stop drafting after this long (resume later)")
-    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per LLM request (no retries: a local retry redoes the same work)")
-    parser.add_argument("--max-tokens", type=int, default=default_max_tokens(), help="response cap per draft")
-    parser.add_argument("--llm-model", type=Path, default=None, help="another GGUF file (default: the packaged model)")
-    parser.add_argument("--out", type=Path, default=OUT)
-    parser.add_argument("--fresh", action="store_true", help="discard earlier drafts in --out")
-    parser.add_argument("--measure-install", action="store_true", help="time the pip installs and the assembly")
-    parser.add_argument("--measure-build", action="store_true", help=f"time the source build of the alternative engine ({BUILD_COMMAND})")
-    args = parser.parse_args(argv)
-    modes = [m for m in args.modes.split(",") if m]
-    templates = [t for t in args.templates.split(",") if t]
-
+def run(cfg: BenchConfig) -> dict:
     from agents.context import DraftContext, describe_task
     from agents.llm import LLMSettings, make_llm
     from agents.prompts import PromptSet
+    from mpq.task import Task
+    from sandbox.pool import EvaluatorPool
 
-    results = json.loads(args.out.read_text()) if args.out.exists() and not args.fresh else {}
+    results = json.loads(cfg.out.read_text()) if cfg.out.exists() and not cfg.fresh else {}
+    path = model_path(cfg.llm_model)
+    prompts = PromptSet.load(cfg.prompts)
+    task = Task.from_dict(cfg.task)
     results.setdefault("drafts", [])
-    results.setdefault("metrics", {})
-    results.setdefault("load", {})
-    results["machine"] = machine()
-    if args.llm_model is None:
-        spec = local_model.DEFAULT_MODEL
-        results["model"] = {"name": spec.name, "description": spec.description, "size_bytes": spec.size, "sha256": spec.sha256}
-    else:
-        results["model"] = {"name": args.llm_model.stem, "size_bytes": args.llm_model.stat().st_size,
-                            "sha256": local_model.sha256_file(args.llm_model)}
-    results["engine"] = ENGINE_REQUIREMENT
-    results["modes"] = sorted(set(results.get("modes", [])) | set(modes))
-    settings = LLMSettings(spec="local", timeout_s=args.timeout, retries=0, max_tokens=args.max_tokens)
-    results["sampling"] = {"temperature": settings.temperature, "max_tokens": settings.max_tokens, "timeout_s": settings.timeout_s}
-    if args.measure_install:
-        measure_install(results)
-    if args.measure_build:
-        measure_build(results)
+    results.update(machine=machine(), engine=ENGINE_REQUIREMENT, task=task.to_dict(), prompts=cfg.prompts,
+                   model={"name": path.stem, "size_bytes": path.stat().st_size},
+                   sampling={"max_tokens": cfg.max_tokens, "timeout_s": cfg.timeout_s, "slots": cfg.slots,
+                             "repairs": cfg.repairs}, known_hashes=sorted(known_hashes(prompts)))
+    ctx = DraftContext(task=describe_task(task), layers=layer_table(task))
+    deadline = time.monotonic() + cfg.minutes * 60
+    with EvaluatorPool(task, workers=1) as pool:
+        start = time.perf_counter()
+        pool.wait_ready()
+        results.setdefault("sandbox_ready_s", []).append(round(time.perf_counter() - start, 1))
+        parents, results["humans"] = human_parents(pool)
+        with tempfile.TemporaryDirectory() as logs:
+            start = time.perf_counter()
+            with LocalLLMServer(model_path=path, log_dir=logs, slots=cfg.slots) as server:
+                results.setdefault("load_s", []).append(round(time.perf_counter() - start, 1))
+                llm = make_llm(LLMSettings(spec="local", base_url=server.base_url, local_model=str(path),
+                                           timeout_s=cfg.timeout_s, retries=0, max_tokens=cfg.max_tokens))
+                base = metrics(server.base_url)
+                try:
+                    draft_loop(cfg, results, llm, prompts, ctx, parents, pool, deadline)
+                finally:
+                    now, acc = metrics(server.base_url), results.setdefault("metrics", {})
+                    for key, value in now.items():
+                        acc[key] = acc.get(key, 0.0) + value - base[key]
+                    results["rss_peak_mb"] = rss_peak_mb(server.pid)
+                    results["summary"] = summarise(results)
+                    cfg.out.write_text(json.dumps(results, indent=1))
+    return results
 
-    ctx = DraftContext(task=describe_task({"model": "mobilenetv2", "dataset": "embedded", "budget": "3avg"}),
-                       layers=layer_table())
-    prompts, parents = PromptSet.load(), baseline_parents()
-    deadline = time.monotonic() + args.minutes * 60
-    with tempfile.TemporaryDirectory() as logs:
-        servers, llms = {}, {}
-        try:
-            for mode in modes:
-                start = time.perf_counter()
-                server = LocalLLMServer(model_path=args.llm_model, log_dir=logs, **({} if mode == "grammar" else {"grammar": None}))
-                servers[mode] = server.__enter__()
-                results["load"].setdefault(mode, []).append(round(time.perf_counter() - start, 1))
-                llms[mode] = make_llm(dataclasses.replace(settings, base_url=server.base_url))
-                results["metrics"].setdefault(mode, {})
-            base = {mode: metrics(servers[mode].base_url) for mode in modes}
-            done = lambda m, t: sum(r["mode"] == m and r["template"] == t for r in results["drafts"])  # noqa: E731
-            while time.monotonic() < deadline:
-                todo = [(m, t) for t in templates for m in modes if done(m, t) < args.drafts]
-                if not todo:
-                    break
-                for mode, template in todo:
-                    if time.monotonic() >= deadline:
-                        break
-                    row = judge(llms[mode], prompts, ctx, parents, template, done(mode, template))
-                    row["mode"] = mode
-                    results["drafts"].append(row)
-                    print(f"{mode:7s} {template:9s} #{done(mode, template):3d} valid={row['valid']!s:5s} "
-                          f"{row['seconds']:6.1f}s {row['stage']} {row['reason'][:90]}", flush=True)
-                    args.out.parent.mkdir(parents=True, exist_ok=True)
-                    args.out.write_text(json.dumps(results, indent=1))
-            for mode in modes:
-                now = metrics(servers[mode].base_url)
-                acc = results["metrics"][mode]
-                for key, value in now.items():
-                    acc[key] = acc.get(key, 0.0) + value - base[mode][key]
-                results.setdefault("rss_peak_mb", {})[mode] = rss_peak_mb(servers[mode].pid)
-        finally:
-            for server in servers.values():
-                server.stop()
-    summarise(results)
-    args.out.write_text(json.dumps(results, indent=1))
-    print(json.dumps({k: results[k] for k in ("summary", "load", "rss_peak_mb") if k in results}, indent=1))
-    if "install" in results:
-        print("install:", results["install"])
+
+def draft_loop(cfg, results, llm, prompts, ctx, parents, pool, deadline) -> None:
+    done = lambda t: sum(r["template"] == t for r in results["drafts"])  # noqa: E731
+    while time.monotonic() < deadline:
+        todo = [t for t in cfg.templates if done(t) < cfg.drafts]
+        if not todo:
+            return
+        for template in todo:
+            if time.monotonic() >= deadline:
+                return
+            row = judge(llm, prompts, ctx, parents, pool, template, done(template), cfg.repairs)
+            results["drafts"].append(row)
+            print(f"{time.strftime('%H:%M:%S')} {template:9s} #{done(template):3d} first={row['first_pass']!s:5s} "
+                  f"valid={row['valid']!s:5s} phi={row.get('phi') or 0:.4f} {row['seconds']:6.1f}s "
+                  f"(llm {row['llm_s']:.0f}s, {row['llm_calls']} calls) load {row['load_1m']} "
+                  f"{row['stage']} {row['reason'][:80]}", flush=True)
+            results["summary"] = summarise(results)
+            cfg.out.write_text(json.dumps(results, indent=1))
+
+
+def table() -> dict:
+    """Every run file (local_llm_<model>_<prompts>.json) in one table: local_llm.json."""
+    runs = {}
+    for path in sorted(RESULTS.glob("local_llm_*.json")):
+        data = json.loads(path.read_text())
+        if "prompts" in data and data.get("drafts"):
+            runs[path.stem] = {"file": path.name, "model": data["model"]["name"], "prompts": data["prompts"],
+                               "task": data["task"], "sampling": data["sampling"], "humans": data.get("humans"),
+                               "summary": summarise(data)}
+    report = {"benchmark": "local_llm", "how_to_read": __doc__.split("\n\n")[2], "runs": runs,
+              "legacy": "local_llm_v1_gate_only_*.json: earlier runs that judged the gate only (valid = parses and passes the gate)"}
+    TABLE.write_text(json.dumps(report, indent=1))
+    head = "| model | prompts | drafts | first pass | valid (init / mut / cross / critic) | valid unique / min | s / draft | fitness mean / best (best human) | load 1m |"
+    print(head + "\n" + "|---" * (head.count("|") - 1) + "|")
+    for run in runs.values():
+        s, t = run["summary"], run["summary"]["templates"]
+        per = " / ".join(f"{t[k]['valid_rate']:.2f}" if k in t else "-" for k in TEMPLATES)
+        print(f"| {short_name(run['model'])} | {Path(run['prompts']).name} | {s['drafts']} | {s['first_pass_rate']} | "
+              f"{s['valid_rate']} ({per}) | {s['valid_unique_per_min']} | {s['seconds_per_draft']} | "
+              f"{s['fitness_valid_mean']} / {s['fitness_valid_best']} ({s['fitness_best_human']}) | {s['load_1m']} |")
+    return report
+
+
+def parse_args(argv: list[str] | None) -> BenchConfig | None:
+    from mpq.task import Task
+
+    default = Task()
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--llm-model", default=None, help=f"packaged model ({', '.join(local_model.MODELS)}) or a GGUF file")
+    p.add_argument("--prompts", default="compact", help="full | compact | a prompt folder (default: compact)")
+    p.add_argument("--drafts", type=int, default=10, help="drafts per template (default 10: 40 per run)")
+    p.add_argument("--templates", default=",".join(TEMPLATES))
+    p.add_argument("--minutes", type=float, default=60.0, help="stop drafting after this long (resume later)")
+    p.add_argument("--repairs", type=int, default=2, help="critic calls per failing draft (default 2, as the search)")
+    p.add_argument("--max-tokens", type=int, default=700)
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds per LLM request (no retries)")
+    p.add_argument("--slots", type=int, default=1, help="server slots")
+    p.add_argument("--model", default=default.model, help="task: model (default: mpq.task.Task's)")
+    p.add_argument("--dataset", default=default.dataset)
+    p.add_argument("--data-root", default=default.data_root)
+    p.add_argument("--budget", default=default.budget)
+    p.add_argument("--eval-limit", type=int, default=default.eval_limit)
+    p.add_argument("--out", type=Path, default=None, help="default: results/local_llm_<model>_<prompts>.json")
+    p.add_argument("--fresh", action="store_true", help="discard earlier drafts in --out")
+    p.add_argument("--table", action="store_true", help="only merge the run files into results/local_llm.json")
+    args = p.parse_args(argv)
+    if args.table:
+        return None
+    templates = tuple(t for t in args.templates.split(",") if t)
+    if set(templates) - set(TEMPLATES):
+        p.error(f"--templates: choose from {', '.join(TEMPLATES)}")
+    task = replace(default, model=args.model, dataset=args.dataset, data_root=args.data_root,
+                   budget=args.budget, eval_limit=args.eval_limit)
+    out = args.out or RESULTS / f"local_llm_{short_name(args.llm_model)}_{Path(args.prompts).name}.json"
+    return BenchConfig(args.llm_model, args.prompts, task.to_dict(), args.drafts, templates, args.minutes,
+                       args.repairs, args.max_tokens, args.timeout, args.slots, out, args.fresh)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    if cfg is None:
+        table()
+        return 0
+    results = run(cfg)
+    print(json.dumps(results["summary"], indent=1))
     return 0
 
 

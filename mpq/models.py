@@ -131,8 +131,13 @@ def input_class(spec: DatasetSpec) -> str:
 # Weights
 
 
+CHECKPOINT_ALIASES = {"deit": "vit"}
+"""Models that are the same network as another here (DeiT-Ti is ViT-Ti: DeiT changed
+the recipe, not the architecture), so they share its checkpoint."""
+
+
 def checkpoint_path(name: str, dataset: str) -> Path:
-    return CHECKPOINT_DIR / f"{name}_{dataset}.pt"
+    return CHECKPOINT_DIR / f"{CHECKPOINT_ALIASES.get(name, name)}_{dataset}.pt"
 
 
 def load_model(name: str, spec: DatasetSpec, weights: str | None = None) -> nn.Module:

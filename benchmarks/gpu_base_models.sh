@@ -1,0 +1,36 @@
+#!/bin/bash
+# The GPU run behind the CIFAR-10 transformer / ResNet50 checkpoints and their
+# leaderboards (issue 16), on one H100: three trainings share the GPU, each with
+# a time budget, then one leaderboard per model (HAWQ-V2 left out: its per-layer
+# Hutchinson trace alone would take minutes per model).
+#   OUT=dir TRAIN_S=330 bash benchmarks/gpu_base_models.sh      (run from the repo root)
+# Needs .data/cifar10/{train,test}.npz and timm; writes into $OUT:
+# <model>_cifar10.pt, logs/*.log, logs/leaderboard_<model>_cifar10.json.
+set -u
+OUT=${OUT:?set OUT}; TRAIN_S=${TRAIN_S:-330}; DATA=${DATA:-.data/cifar10}
+mkdir -p "$OUT/logs"
+export PYTHONUNBUFFERED=1 TAP_MPQ_CACHE=${TAP_MPQ_CACHE:-/tmp/tap-mpq-cache}
+python3 -c "import timm, torch; print('timm', timm.__version__, 'torch', torch.__version__, torch.cuda.get_device_name())"
+# decode the JPEGs once (cached), so the three trainings do not race to write the cache
+python3 -c "from mpq.data import load_splits; s = load_splits('cifar10', '$DATA'); print('cifar10', len(s.train), len(s.val), len(s.test))"
+train() {  # model, extra flags
+  local m=$1; shift
+  timeout $((TRAIN_S + 90)) python3 -m mpq.train --model "$m" --dataset cifar10 --data-root "$DATA" \
+    --time-budget-s "$TRAIN_S" --out "$OUT/${m}_cifar10.pt" "$@" > "$OUT/logs/${m}_cifar10.log" 2>&1
+}
+# Short-schedule transformer recipe: RandAugment-lite + CutMix, no Mixup (it slows
+# convergence in a run of tens of epochs), batch 256 for more updates per epoch.
+train resnet50 --epochs 200 --cutout 16 &
+train vit --epochs 300 --batch-size 256 --lr 1.5e-3 --mixup 0 --cutmix 1.0 &
+train swin --epochs 300 --batch-size 256 --lr 1.5e-3 --mixup 0 --cutmix 1.0 &
+wait
+tail -n 2 "$OUT"/logs/*_cifar10.log
+for m in resnet50 vit swin; do
+  [ -f "$OUT/${m}_cifar10.pt" ] || continue
+  timeout 200 python3 -m sandbox.leaderboard --model "$m" --dataset cifar10 --data-root "$DATA" \
+    --weights "$OUT/${m}_cifar10.pt" --budget 3avg,4avg,5avg --device cuda \
+    --baselines uniform,random,weight_norm,snip,tap_formula,ompq,emq \
+    --json "$OUT/logs/leaderboard_${m}_cifar10.json" > "$OUT/logs/leaderboard_${m}_cifar10.log" 2>&1 &
+done
+wait
+tail -n 30 "$OUT"/logs/leaderboard_*.log

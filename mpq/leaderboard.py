@@ -262,16 +262,7 @@ def run(cfg: LeaderboardConfig, user_scorer: UserScorer | None = None) -> dict:
     bound = inference_bound(evaluator)
     log(f"inference bound: {bound['images_per_s']:.0f} images/s (FP, {bound['images']} images)")
     references = reference_rows(evaluator)
-    rows = []
-    total = len(baselines) + len(files)
-    for i, (name, source) in enumerate(baselines.items(), 1):
-        log(f"[{i}/{total}] {name}")
-        rows.extend(proxy_rows(evaluator, name, _trusted(evaluator), source, cfg.budgets, bound))
-    if files:
-        with user_scorer(task, cache_dir) as score_file:
-            for i, (name, source) in enumerate(files.items(), len(baselines) + 1):
-                log(f"[{i}/{total}] {name} (sandboxed)")
-                rows.extend(proxy_rows(evaluator, name, score_file, source, cfg.budgets, bound))
+    rows = _all_rows(evaluator, baselines, files, user_scorer, cache_dir, cfg.budgets, bound)
     truth = evaluator.truth
     return {
         "machine": machine_info(cfg.device),
@@ -289,6 +280,22 @@ def run(cfg: LeaderboardConfig, user_scorer: UserScorer | None = None) -> dict:
         "reference": references,
         "rows": rows,
     }
+
+
+def _all_rows(evaluator: Evaluator, baselines: dict[str, str], files: dict[str, str],
+              user_scorer: UserScorer | None, cache_dir: Path | None, budgets: Sequence[str], bound: dict) -> list[dict]:
+    """The baselines' rows (scored here), then the proxy files' (scored by ``user_scorer``)."""
+    rows = []
+    total = len(baselines) + len(files)
+    for i, (name, source) in enumerate(baselines.items(), 1):
+        log(f"[{i}/{total}] {name}")
+        rows.extend(proxy_rows(evaluator, name, _trusted(evaluator), source, budgets, bound))
+    if files:
+        with user_scorer(evaluator.task, cache_dir) as score_file:
+            for i, (name, source) in enumerate(files.items(), len(baselines) + 1):
+                log(f"[{i}/{total}] {name} (sandboxed)")
+                rows.extend(proxy_rows(evaluator, name, score_file, source, budgets, bound))
+    return rows
 
 
 def _trusted(evaluator: Evaluator) -> ScoreFn:

@@ -28,8 +28,16 @@ from sandbox.docker_backend import DockerLauncher
 from sandbox.gate import GateRejection, check_source
 from sandbox.process_backend import ProcessLauncher
 from sandbox.protocol import (
-    EvaluationRequest, EvaluationResult, Limits, ProtocolError, SlotMessage, failure,
-    request_to_json, result_from_json, slot_message_from_json, validate,
+    EvaluationRequest,
+    EvaluationResult,
+    Limits,
+    ProtocolError,
+    SlotMessage,
+    failure,
+    request_to_json,
+    result_from_json,
+    slot_message_from_json,
+    validate,
 )
 
 BACKENDS: dict[str, type[Launcher]] = {cls.name: cls for cls in (DockerLauncher, ProcessLauncher)}

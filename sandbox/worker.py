@@ -42,8 +42,16 @@ from mpq.proxy import ProxyError
 from sandbox import isolation
 from sandbox.gate import GateRejection, check_source
 from sandbox.protocol import (
-    EvaluationRequest, EvaluationResult, Limits, ProtocolError, SlotMessage, failure,
-    request_from_json, result_to_json, slot_message_to_json, validate,
+    EvaluationRequest,
+    EvaluationResult,
+    Limits,
+    ProtocolError,
+    SlotMessage,
+    failure,
+    request_from_json,
+    result_to_json,
+    slot_message_to_json,
+    validate,
 )
 
 MAX_REPLY_BYTES = 1 << 20

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sandbox_hostile import CANARIES
 from scipy import stats
 
 from mpq.proxies import BASELINES
 from sandbox.leaderboard import main
-from sandbox_hostile import CANARIES
 
 ROOT = Path(__file__).resolve().parents[1]
 

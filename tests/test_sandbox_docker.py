@@ -12,14 +12,17 @@ import time
 from pathlib import Path
 
 import pytest
+from sandbox_hostile import ALIVE, CANARIES
 
 from mpq.task import Task
 from sandbox.docker_backend import (
-    CONTAINER_PROJECT, DockerSettings, container_spec, offline_rootfs,
+    CONTAINER_PROJECT,
+    DockerSettings,
+    container_spec,
+    offline_rootfs,
 )
 from sandbox.process_backend import PROJECT_ROOT
 from sandbox.protocol import Limits
-from sandbox_hostile import ALIVE, CANARIES
 
 HOSTILE = Path(__file__).parent / "hostile"
 TASK = Task(dataset="embedded", eval_limit=32)

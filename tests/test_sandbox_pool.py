@@ -21,7 +21,7 @@ from sandbox.protocol import Limits
 from sandbox_hostile import ALIVE, CANARIES, SECRET, SECRET_FILE
 
 HOSTILE = Path(__file__).parent / "hostile"
-TASK = Task(eval_limit=32)
+TASK = Task(dataset="embedded", eval_limit=32)
 LIMITS = Limits(timeout_s=2.5, cpu_s=20, memory_mb=1024, startup_s=900)
 GOOD = (Path(__file__).parent.parent / "mpq" / "proxies" / "weight_norm.py").read_text()
 
@@ -44,7 +44,7 @@ CORPUS = {
     "format_escape": ("dunder", {"error"}),
     "torch_escape": ("denied", {"error"}),
     "huge_output": (None, {"ok"}),
-    "huge_error": (None, {"error"}),
+    "huge_error": (None, {"error", "timeout"}),  # 100 MB to format: past 2.5 s on a loaded machine
     "nan_scores": (None, {"error"}),
     "wrong_length": (None, {"error"}),
     "not_numbers": (None, {"error"}),

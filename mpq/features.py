@@ -50,6 +50,7 @@ class LayerFeatures:
     block: int = -1                # residual / transformer block, forward order; -1 = none
     role: str = ""                 # qkv | proj | fc1 | fc2 | patch_embed | merge | head | stem | ...
     _hvp: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
+    _network_hvp: Callable[[list[torch.Tensor]], list[torch.Tensor]] | None = field(default=None, repr=False)
 
     def hvp(self, v: torch.Tensor) -> torch.Tensor:
         """Hessian (of the calibration loss w.r.t. this weight) times ``v``, shaped like ``weight``."""
@@ -58,6 +59,18 @@ class LayerFeatures:
         if tuple(v.shape) != tuple(self.weight.shape):
             raise ValueError(f"hvp: v has shape {tuple(v.shape)}, weight has {tuple(self.weight.shape)}")
         return self._hvp(v)
+
+    def network_hvp(self, vs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The whole network's Hessian times ``vs`` (one tensor per layer, shaped like each
+        layer's weight, in index order), as per-layer blocks: ``out[l] = sum_k H_lk vs[k]``.
+
+        One double-backward pass for every layer at once (the same on every layer object).
+        With i.i.d. Rademacher ``vs``, ``E[(out[l] * vs[l]).sum()] = Tr(H_ll)`` (the cross
+        terms have mean zero): every layer's Hutchinson trace from one pass, as PyHessian's
+        ``hessian.trace`` does for the whole network (Yao et al., 2020)."""
+        if self._network_hvp is None:
+            raise RuntimeError("features were extracted without gradients: no Hessian available")
+        return self._network_hvp(vs)
 
     def copy(self) -> "LayerFeatures":
         """A copy whose tensors are clones, so a proxy cannot alter the originals in place."""
@@ -122,6 +135,7 @@ def extract_features(model: nn.Module, calib_images: torch.Tensor, calib_labels:
             weight=m.weight.detach(), bias=None if m.bias is None else m.bias.detach(),
             input=x, output=y, grad=None if g is None else g.detach(),
             _hvp=None if hessian is None else hessian.product_fn(i),
+            _network_hvp=None if hessian is None else hessian.network_product,
             fan_in=fan_in(m), block=blocks[i], role=layer_role(name, m, i), **_metadata(m, y)))
     return features
 
@@ -156,6 +170,18 @@ class _HessianBlocks:
                 loss = F.cross_entropy(self._model(self._images), self._labels)
                 self._grads = torch.autograd.grad(loss, self._weights, create_graph=True)
         return self._grads
+
+    def network_product(self, vs: list[torch.Tensor]) -> list[torch.Tensor]:
+        if len(vs) != len(self._weights):
+            raise ValueError(f"network_hvp: {len(vs)} tensors for {len(self._weights)} layers")
+        for i, (v, w) in enumerate(zip(vs, self._weights)):
+            if tuple(v.shape) != tuple(w.shape):
+                raise ValueError(f"network_hvp: vs[{i}] has shape {tuple(v.shape)}, weight has {tuple(w.shape)}")
+        grads = self._gradient_graph()
+        with torch.enable_grad():
+            vectors = [v.to(w) for v, w in zip(vs, self._weights)]
+            products = torch.autograd.grad(grads, self._weights, grad_outputs=vectors, retain_graph=True)
+        return [p.detach() for p in products]
 
     def product_fn(self, index: int) -> Callable[[torch.Tensor], torch.Tensor]:
         def hvp(v: torch.Tensor) -> torch.Tensor:

@@ -15,8 +15,10 @@ class Task:
 
     model: str = "mobilenetv2"
     """Registry name, see ``mpq.models.MODEL_NAMES``."""
-    dataset: str = "embedded"
-    """``embedded`` (offline, ships with a package), ``cifar10`` or ``imagenet``."""
+    dataset: str = "cifar10-mini"
+    """``cifar10-mini`` or ``embedded`` (offline, shipped), ``cifar10`` or ``imagenet``.
+    The default is the task that separates human proxies most on a CPU
+    (benchmarks/results/default_task.md)."""
     data_root: str | None = None
     """Folder holding the data set (not needed for ``embedded``)."""
     weights: str | None = None

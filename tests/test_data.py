@@ -101,7 +101,7 @@ def test_wrong_layout_is_one_clear_line(tmp_path):
     ("cifar10", None, "needs --data-root"),
     ("cifar10", "/nonexistent/cifar", "is not a folder"),
     ("imagenet", "EMPTY", "ImageFolder"),
-    ("mnist", None, "valid: embedded, cifar10, imagenet"),
+    ("mnist", None, "valid: embedded, cifar10-mini, cifar10, imagenet"),
 ])
 def test_bad_input_errors(tmp_path, dataset, root, fragment):
     root = tmp_path if root == "EMPTY" else root
@@ -128,7 +128,7 @@ def test_embedded_splits_are_disjoint_balanced_and_deterministic(tmp_path):
 
 def test_split_indices_partition_every_class():
     labels = np.repeat(np.arange(4), 25)
-    parts = data._stratified_split(labels, {"a": 0.6, "b": 0.2, "c": 0.2}, seed=3)
+    parts = data.stratified_split(labels, {"a": 0.6, "b": 0.2, "c": 0.2}, seed=3)
     joined = np.concatenate(list(parts.values()))
     assert sorted(joined.tolist()) == list(range(100))
     assert [len(p) for p in parts.values()] == [60, 20, 20]
@@ -161,3 +161,25 @@ def test_imagenet_imagefolder_uses_224_preprocessing(tmp_path):
     assert splits.spec.num_classes == 2 and splits.spec.image_size == 224
     total = len(splits.train) + len(splits.val) + len(splits.test)
     assert total == 6 and splits.train.images.shape[1:] == (3, 224, 224)
+
+
+def test_cifar10_mini_ships_a_fixed_cifar10_subset():
+    splits = load_splits("cifar10-mini")
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (2048, 1000, 10000)
+    assert splits.spec.name == "cifar10" and splits.val.images.shape[1:] == (3, 32, 32)
+    assert np.bincount(splits.test.labels.numpy()).tolist() == [1000] * 10
+    assert np.bincount(splits.val.labels.numpy()).min() >= 75  # a random head: every class, roughly balanced
+    images, _ = calibration_batch(splits, n=16, seed=0)
+    assert images.shape == (16, 3, 32, 32)
+
+
+SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
+
+
+@pytest.mark.skipif(not (SHARED_CIFAR / "train.npz").is_file(), reason="full CIFAR-10 export not beside the checkout")
+def test_cifar10_mini_images_are_those_of_the_full_cifar10_splits(tmp_path):
+    mini = load_splits("cifar10-mini")
+    full = load_splits("cifar10", SHARED_CIFAR, cache_dir=tmp_path)
+    assert torch.equal(mini.val.images, full.val.images[:1000])
+    assert torch.equal(mini.train.images, full.train.images[:2048])
+    assert torch.equal(mini.test.labels, full.test.labels)

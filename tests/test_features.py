@@ -96,3 +96,22 @@ def test_describe_layers_is_a_compact_table(features):
     assert len(lines) == len(features) + 2
     assert "depthwise" in lines[3] and "16x1x3x3" in lines[3] and "linear" in lines[5]
     assert "5 layers" in lines[-1] and f"{sum(f.params for f in features):,}" in lines[-1]
+
+
+def test_network_hvp_blocks_are_the_full_hessian_times_v(features):
+    """network_hvp returns (H v)_l = sum_k H_lk v_k: with v zero outside layer 3 its block 3 is
+    that layer's own hvp, and it is linear in v (so Hutchinson's cross terms average out)."""
+    torch.manual_seed(0)
+    v = torch.randn_like(features[3].weight)
+    alone = [torch.zeros_like(f.weight) for f in features]
+    alone[3] = v
+    assert torch.allclose(features[0].network_hvp(alone)[3], features[3].hvp(v), rtol=1e-4, atol=1e-6)
+    a = [torch.randn_like(f.weight) for f in features]
+    b = [torch.randn_like(f.weight) for f in features]
+    summed = features[0].network_hvp([x + y for x, y in zip(a, b)])
+    for l, (ha, hb) in enumerate(zip(features[0].network_hvp(a), features[0].network_hvp(b))):
+        assert torch.allclose(summed[l], ha + hb, rtol=1e-4, atol=1e-5), l
+    coupled = features[0].network_hvp(a)[3]
+    assert not torch.allclose(coupled, features[3].hvp(a[3]), rtol=1e-3, atol=1e-6)  # off-diagonal blocks count
+    with pytest.raises(ValueError, match="network_hvp"):
+        features[0].network_hvp(alone[:2])

@@ -2,7 +2,7 @@
 
     python -m benchmarks.local_llm [--llm-model NAME|FILE] [--prompts full|compact|DIR]
         [--drafts 10] [--minutes 60] [--model M --dataset D --budget B]   # the task
-    python -m benchmarks.local_llm --table        # merge every run into local_llm.json
+    python -m benchmarks.local_llm_report [--rescore]   # the table: results/local_llm.json
 
 Drafts go through the real agents (propose / mutate / crossover / repair, the
 chosen prompt set, ChatOpenAI, the agents' parser) against the real local
@@ -38,10 +38,8 @@ from pathlib import Path
 
 from agents import local_model
 from agents.local_server import ENGINE_REQUIREMENT, LocalLLMServer
+from benchmarks.local_llm_report import RESULTS, TEMPLATES, short_name, summarise
 
-TEMPLATES = ("init", "mutation", "crossover", "critic")
-RESULTS = Path(__file__).parent / "results"
-TABLE = RESULTS / "local_llm.json"
 HUMAN_PARENTS = ("weight_norm", "snip", "tap_formula", "ompq", "emq")
 
 # Realistic sandbox failures shown to the critic (reason, traceback tail).
@@ -79,12 +77,6 @@ def model_path(name: str | None) -> Path:
     if name in local_model.MODELS:
         return local_model.packaged_model_path(local_model.MODELS[name])
     return local_model.resolve_model(name)
-
-
-def short_name(name: str | None) -> str:
-    stem = Path(name).stem if name else local_model.DEFAULT_MODEL.name
-    m = re.search(r"(\d+(?:\.\d+)?b)", stem)
-    return m.group(1) if m else stem
 
 
 def machine() -> dict:
@@ -229,57 +221,6 @@ def known_hashes(prompts) -> set[str]:
     return {ast_hash(Path(p).read_text()) for p in BASELINES.values()} | {ast_hash(b) for b in blocks}
 
 
-def summarise(results: dict) -> dict:
-    """Per-template and overall rates, speed, fitness and load of one run."""
-    rows, known = results["drafts"], set(results.get("known_hashes", []))
-    per = {}
-    for t in TEMPLATES:
-        sel = [r for r in rows if r["template"] == t]
-        if sel:
-            per[t] = {"drafts": len(sel), "first_pass_rate": _rate(sel, "first_pass"), "valid_rate": _rate(sel, "valid"),
-                      "seconds_per_draft": _mean(sel, "seconds"),
-                      "final_failures": {s: sum(r["stage"] == s for r in sel) for s in sorted({r["stage"] for r in sel} - {"ok"})}}
-    valid = [r for r in rows if r["valid"]]
-    unique, seen = [], set(known)
-    for r in valid:
-        if r["ast_hash"] not in seen:
-            unique.append(r)
-            seen.add(r["ast_hash"])
-    wall_min = sum(r["seconds"] for r in rows) / 60
-    llm_min = sum(r["llm_s"] for r in rows) / 60
-    phis = [r["phi"] for r in valid if r.get("phi") is not None]
-    uphis = [r["phi"] for r in unique if r.get("phi") is not None]
-    loads = [r["load_1m"] for r in rows if "load_1m" in r]
-    m = results.get("metrics", {})
-    return {
-        "templates": per, "drafts": len(rows),
-        "first_pass_rate": _rate(rows, "first_pass"), "valid_rate": _rate(rows, "valid"),
-        "min_template_valid_rate": min((v["valid_rate"] for v in per.values()), default=None),
-        "valid_unique": len(unique), "duplicates_of_known_or_earlier": len(valid) - len(unique),
-        "valid_unique_per_min": round(len(unique) / wall_min, 3) if wall_min else None,
-        "valid_unique_per_llm_min": round(len(unique) / llm_min, 3) if llm_min else None,
-        "seconds_per_draft": _mean(rows, "seconds"), "llm_s_per_draft": _mean(rows, "llm_s"),
-        "eval_s_per_draft": _mean(rows, "eval_s"), "llm_calls_per_draft": _mean(rows, "llm_calls"),
-        "fitness_valid_mean": round(sum(phis) / len(phis), 4) if phis else None,
-        "fitness_valid_best": round(max(phis), 4) if phis else None,
-        "fitness_unique_mean": round(sum(uphis) / len(uphis), 4) if uphis else None,
-        "fitness_best_human": max((h["phi"] for h in results.get("humans", {}).values() if h.get("phi") is not None), default=None),
-        "mean_tokens_in": _mean(rows, "tokens_in"), "mean_tokens_out": _mean(rows, "tokens_out"),
-        "prompt_tokens_per_s": round(m["prompt_tokens_total"] / m["prompt_seconds_total"], 1) if m.get("prompt_seconds_total") else None,
-        "generation_tokens_per_s": round(m["tokens_predicted_total"] / m["tokens_predicted_seconds_total"], 1) if m.get("tokens_predicted_seconds_total") else None,
-        "load_1m": {"min": min(loads), "mean": round(sum(loads) / len(loads), 2), "max": max(loads)} if loads else None,
-    }
-
-
-def _rate(rows: list[dict], key: str) -> float | None:
-    return round(sum(bool(r.get(key)) for r in rows) / len(rows), 3) if rows else None
-
-
-def _mean(rows: list[dict], key: str) -> float | None:
-    vals = [r[key] for r in rows if r.get(key) is not None]
-    return round(sum(vals) / len(vals), 1) if vals else None
-
-
 def run(cfg: BenchConfig) -> dict:
     from agents.context import DraftContext, describe_task
     from agents.llm import LLMSettings, make_llm
@@ -341,30 +282,7 @@ def draft_loop(cfg, results, llm, prompts, ctx, parents, pool, deadline) -> None
             cfg.out.write_text(json.dumps(results, indent=1))
 
 
-def table() -> dict:
-    """Every run file (local_llm_<model>_<prompts>.json) in one table: local_llm.json."""
-    runs = {}
-    for path in sorted(RESULTS.glob("local_llm_*.json")):
-        data = json.loads(path.read_text())
-        if "prompts" in data and data.get("drafts"):
-            runs[path.stem] = {"file": path.name, "model": data["model"]["name"], "prompts": data["prompts"],
-                               "task": data["task"], "sampling": data["sampling"], "humans": data.get("humans"),
-                               "summary": summarise(data)}
-    report = {"benchmark": "local_llm", "how_to_read": __doc__.split("\n\n")[2], "runs": runs,
-              "legacy": "local_llm_v1_gate_only_*.json: earlier runs that judged the gate only (valid = parses and passes the gate)"}
-    TABLE.write_text(json.dumps(report, indent=1))
-    head = "| model | prompts | drafts | first pass | valid (init / mut / cross / critic) | valid unique / min | s / draft | fitness mean / best (best human) | load 1m |"
-    print(head + "\n" + "|---" * (head.count("|") - 1) + "|")
-    for run in runs.values():
-        s, t = run["summary"], run["summary"]["templates"]
-        per = " / ".join(f"{t[k]['valid_rate']:.2f}" if k in t else "-" for k in TEMPLATES)
-        print(f"| {short_name(run['model'])} | {Path(run['prompts']).name} | {s['drafts']} | {s['first_pass_rate']} | "
-              f"{s['valid_rate']} ({per}) | {s['valid_unique_per_min']} | {s['seconds_per_draft']} | "
-              f"{s['fitness_valid_mean']} / {s['fitness_valid_best']} ({s['fitness_best_human']}) | {s['load_1m']} |")
-    return report
-
-
-def parse_args(argv: list[str] | None) -> BenchConfig | None:
+def parse_args(argv: list[str] | None) -> BenchConfig:
     from mpq.task import Task
 
     default = Task()
@@ -385,26 +303,19 @@ def parse_args(argv: list[str] | None) -> BenchConfig | None:
     p.add_argument("--eval-limit", type=int, default=default.eval_limit)
     p.add_argument("--out", type=Path, default=None, help="default: results/local_llm_<model>_<prompts>.json")
     p.add_argument("--fresh", action="store_true", help="discard earlier drafts in --out")
-    p.add_argument("--table", action="store_true", help="only merge the run files into results/local_llm.json")
     args = p.parse_args(argv)
-    if args.table:
-        return None
     templates = tuple(t for t in args.templates.split(",") if t)
     if set(templates) - set(TEMPLATES):
         p.error(f"--templates: choose from {', '.join(TEMPLATES)}")
     task = replace(default, model=args.model, dataset=args.dataset, data_root=args.data_root,
                    budget=args.budget, eval_limit=args.eval_limit)
-    out = args.out or RESULTS / f"local_llm_{short_name(args.llm_model)}_{Path(args.prompts).name}.json"
+    out = args.out or RESULTS / f"local_llm_{short_name(args.llm_model or local_model.DEFAULT_MODEL.name)}_{Path(args.prompts).name}.json"
     return BenchConfig(args.llm_model, args.prompts, task.to_dict(), args.drafts, templates, args.minutes,
                        args.repairs, args.max_tokens, args.timeout, args.slots, out, args.fresh)
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_args(argv)
-    if cfg is None:
-        table()
-        return 0
-    results = run(cfg)
+    results = run(parse_args(argv))
     print(json.dumps(results["summary"], indent=1))
     return 0
 

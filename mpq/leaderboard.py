@@ -151,6 +151,7 @@ def check_budgets(evaluator: Evaluator, budgets: Sequence[str]) -> None:
 # --------------------------------------------------------------------------- measuring
 
 def machine_info(device: str) -> dict:
+    """Where figures were measured: platform, Python, CPUs, torch and its threads, GPU name."""
     info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "device": device}
     if device.startswith("cuda"):
@@ -183,6 +184,7 @@ def inference_bound(evaluator: Evaluator, min_seconds: float = 2.0, max_repeats:
 
 
 def reference_rows(evaluator: Evaluator) -> list[dict]:
+    """FP, uniform 8-bit and uniform 4-bit (activations ``act_bits``): top-1 / loss on both splits."""
     rows = []
     for label, bits in [("FP", None)] + [(f"uniform-{b}", b) for b in REFERENCE_BITS]:
         search = evaluator.evaluate_bits(bits, "search")
@@ -232,6 +234,7 @@ def proxy_rows(evaluator: Evaluator, name: str, score: ScoreFn, source: str, bud
 # --------------------------------------------------------------------------- running
 
 def progress_printer(label: str):
+    """A progress(done, total) callback printing about 20 lines on stderr."""
     def report(done: int, total: int) -> None:
         if done == total or done % max(total // 20, 1) == 0:
             print(f"  {label}: {done}/{total}", file=sys.stderr, flush=True)

@@ -59,6 +59,7 @@ def _json_default(value):
 
 
 def write_report(report: dict, path: str | Path) -> Path:
+    """``report`` as indented JSON at ``path`` (folders made); numpy scalars as numbers."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1, default=_json_default) + "\n")

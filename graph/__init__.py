@@ -7,7 +7,9 @@ writes the database.
 | `cli.py` | command line -> `RunConfig` (fresh, `--resume`, `--branch`) |
 | `lineage.py` | what a resumed or branched run continues from, read from the store |
 | `validate.py` | checks before anything is written |
-| `controller.py` | template update rules, one class each: paper Eq. 7/8 (degenerate cases handled), Bradley-Terry pairs |
+| `controller.py` | template update rules, one class each: paper Eq. 7/8 (edge cases handled), Bradley-Terry |
+| `plan.py` | a generation's candidates: seeds (LLM / human baselines), operators, parents, idea families |
+| `records.py` | ids, store rows and records of a candidate |
 | `state.py` | the checkpointed state (TypedDicts with reducers), population and library rules |
 | `nodes.py` | controller, proposer / mutator / crossover, evaluate, critic, select, finalize |
 | `build.py` | the LangGraph wiring: the search, and one subgraph per candidate (draft, evaluate, repair) |

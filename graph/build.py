@@ -4,7 +4,7 @@
           -> controller (next generation) | finalize -> END
 
     candidate (a compiled subgraph, one run per Send):
-        START -> proposer | mutator | crossover -> evaluate --failed--> critic -> evaluate
+        START -> proposer | mutator | crossover | human -> evaluate --failed--> critic -> evaluate
                                                             (at most R repairs) -> END
 
 Each candidate is its own subgraph run with its own super-steps, so its draft
@@ -29,6 +29,7 @@ def build_candidate_graph() -> CompiledStateGraph:
     g = StateGraph(Attempt, context_schema=nodes.Context, output_schema=CandidateOutput)
     for name, node in (("proposer", nodes.proposer), ("mutator", nodes.mutator), ("crossover", nodes.crossover)):
         g.add_node(name, node, destinations=("evaluate", "critic", END))
+    g.add_node("human", nodes.human, destinations=("evaluate",))  # a human baseline seed (graph.plan)
     g.add_node("evaluate", nodes.evaluate, destinations=("critic", END))
     g.add_node("critic", nodes.critic, destinations=("evaluate", "critic", END))
     g.add_conditional_edges(START, nodes.first_node, list(nodes.DRAFT_NODES.values()))

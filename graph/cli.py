@@ -14,6 +14,7 @@ from agents.llm import LLMConfigError, add_llm_arguments, settings_with_args
 from graph.config import ConfigError, RunConfig, new_run_id
 from graph.controller import rule_names
 from graph.lineage import branch_point, resumed_config
+from graph.plan import SEED_POPULATIONS
 from graph.validate import parse_bits, validate
 from mpq.data import DATASET_NAMES
 from sandbox.pool import BACKEND_NAMES
@@ -35,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         task.add_argument(flag, dest=TASK_PREFIX + field, metavar=field.upper(), help=help, **kwargs)
 
     task_option("--model", "model", "model registry name (default: mobilenetv2)")
-    task_option("--dataset", "dataset", "default: embedded", choices=DATASET_NAMES)
+    task_option("--dataset", "dataset", "default: cifar10-mini (shipped CIFAR-10 subset)", choices=DATASET_NAMES)
     task_option("--data-root", "data_root", "folder holding the data set")
     task_option("--weights", "weights", "checkpoint path or 'torchvision' (default: the project's)")
     task_option("--budget", "budget", '"3avg" | "1.5MB" | "8x" (default: 3avg)')
@@ -49,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--population", type=int, help="N (default: 8)")
     search.add_argument("--repairs", type=int, help="critic repairs per candidate, R (default: 2)")
     search.add_argument("--controller", choices=rule_names(), help="template update rule (default: paper)")
+    search.add_argument("--seed-population", choices=SEED_POPULATIONS,
+                        help="generation 0: LLM init drafts, the human baselines, or both (default: llm)")
     search.add_argument("--prompts", help="prompt folder (default: prompts/)")
     add_llm_arguments(p)
     run = p.add_argument_group("run")
@@ -108,7 +111,8 @@ def apply_overrides(base: RunConfig, args: argparse.Namespace, fresh: bool) -> R
         controller = dataclasses.replace(controller, kind=args.controller)
     search = dataclasses.replace(
         base.search, controller=controller,
-        **{k: getattr(args, k) for k in ("generations", "population", "repairs") if getattr(args, k) is not None})
+        **{k: getattr(args, k) for k in ("generations", "population", "repairs", "seed_population")
+           if getattr(args, k) is not None})
     try:
         llm = settings_with_args(None if fresh else base.llm, args, seed=seed)
     except LLMConfigError as err:

@@ -32,6 +32,9 @@ class SearchSettings:
     repairs: int = 2
     """R, critic repairs per candidate before it counts as failed."""
     controller: ControllerSettings = field(default_factory=ControllerSettings)
+    seed_population: str = "llm"
+    """Generation 0: ``llm`` (N init drafts), ``human`` (the human baselines, mpq.proxies) or
+    ``both`` (the baselines plus N init drafts); see graph.plan."""
 
 
 @dataclass(frozen=True)

@@ -203,7 +203,8 @@ class PreferenceRule(UpdateRule):
             grad[win] += pull
             grad[lose] -= pull
         top = max(logits.values())  # exp of logits relative to the largest: no overflow
-        return {t: math.exp(l - top + settings.learning_rate * settings.beta * grad[t]) for t, l in logits.items()}
+        return {t: math.exp(logit - top + settings.learning_rate * settings.beta * grad[t])
+                for t, logit in logits.items()}
 
 
 def preference_pairs(outcomes: Iterable[Outcome]) -> list[tuple[str, str, float]]:

@@ -19,37 +19,57 @@ that result too (marked ``reused_from``): identical proxies are judged once.
 """
 from __future__ import annotations
 
+import ast
 import math
-import random
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from langchain_core.language_models import BaseChatModel
-from langgraph.runtime import Runtime
 from langgraph.graph import END
+from langgraph.runtime import Runtime
 from langgraph.types import Command, Send
 
-from agents.context import DraftContext, EvalFailure, Parent
+from agents.context import DraftContext, EvalFailure
 from agents.critic import repair_step
 from agents.crossover import crossover as crossover_agent
 from agents.dedupe import ast_hash
 from agents.drafts import DraftError, ProxyDraft
-from agents.llm import LLMCallError, LLMCallRecord
+from agents.llm import LLMCallError
 from agents.mutator import mutate
 from agents.prompts import PromptSet
 from agents.proposer import propose
 from graph.config import RunConfig
-from graph.controller import Outcome, draw_operators, update
+from graph.controller import Outcome, update
+from graph.plan import plan_generation
+from graph.records import (
+    call_row,
+    error_text,
+    evaluation_row,
+    failed_record,
+    final_record,
+    num,
+    parent_of,
+    proxy_id,
+    proxy_row,
+    summary,
+)
 from graph.state import (
-    Attempt, CandidateSpec, ProxyRecord, SearchState, context_library, generation_done, rank,
-    replace_population)
+    Attempt,
+    CandidateSpec,
+    ProxyRecord,
+    SearchState,
+    context_library,
+    generation_done,
+    replace_population,
+)
 from graph.store import RunStore
+from mpq.proxies import BASELINES, baseline_source
 
 DONE = END
 """Where a candidate's pipeline goes when its record is final (the subgraph's end)."""
-DRAFT_NODES = {"init": "proposer", "mutation": "mutator", "crossover": "crossover"}
+DRAFT_NODES = {"init": "proposer", "mutation": "mutator", "crossover": "crossover", "human": "human"}
 """The subgraph's first node for each operator."""
 
 Evaluate = Callable[[str, str], dict]
@@ -94,41 +114,17 @@ class Context:
     queueing in the graph (not in the server) keeps each call's client timeout for its own work."""
 
 
-def proxy_id(spec: CandidateSpec, attempt: int) -> str:
-    """``g2-c5`` for the operator's draft, ``g2-c5.1`` for the first repair."""
-    return spec["id"] if attempt == 0 else f"{spec['id']}.{attempt}"
-
-
 # -- controller ------------------------------------------------------------------
 def controller(state: SearchState, runtime: Runtime[Context]) -> dict:
-    """Plan the generation: one operator per slot drawn from p, parents from the library."""
-    ctx, gen = runtime.context, state["generation"]
-    size = ctx.config.search.population
-    rng = random.Random(f"{ctx.config.seed}:controller:{gen}")
-    operators = draw_operators(state["probs"], size, gen, rng)
-    pool = _parent_pool(state)
-    candidates = []
-    for slot, op in enumerate(operators):
-        need = {"init": 0, "mutation": 1, "crossover": 2}[op]
-        if need > len(pool):  # too few working proxies so far: fall back to a simpler operator
-            op, need = ("mutation", 1) if len(pool) == 1 else ("init", 0)
-        parents = [p["id"] for p in rng.sample(pool, need)] if need else []
-        candidates.append(CandidateSpec(id=f"g{gen}-c{slot}", generation=gen, slot=slot, operator=op, parents=parents))
-    runtime.stream_writer({"event": "generation", "generation": gen,
+    """Plan the generation (graph.plan): seeds or drafts, operators drawn from p, parents from the
+    library, one idea family per init draft."""
+    ctx = runtime.context
+    search = ctx.config.search
+    candidates = plan_generation(state, search.population, ctx.config.seed, search.seed_population,
+                                 ctx.prompts.idea_families, tuple(BASELINES))
+    runtime.stream_writer({"event": "generation", "generation": state["generation"],
                            "operators": [{"id": c["id"], "operator": c["operator"]} for c in candidates]})
     return {"candidates": candidates}
-
-
-def _parent_pool(state: SearchState) -> list[ProxyRecord]:
-    """The context library, topped up with the best of the population to at least two proxies."""
-    pool = list(state.get("library", []))
-    seen = {p["id"] for p in pool}
-    for record in state.get("population", []):
-        if len(pool) >= 2:
-            break
-        if record["id"] not in seen and math.isfinite(record["phi"]):
-            pool.append(record)
-    return pool
 
 
 def fan_out(state: SearchState) -> list[Send]:
@@ -146,7 +142,8 @@ def first_node(attempt: Attempt) -> str:
 
 # -- drafting --------------------------------------------------------------------
 def proposer(attempt: Attempt, runtime: Runtime[Context]) -> Command:
-    return _draft(attempt, runtime, lambda ctx, dctx, parents: propose(ctx.llm, ctx.prompts, dctx))
+    idea = attempt["spec"].get("idea") or None
+    return _draft(attempt, runtime, lambda ctx, dctx, parents: propose(ctx.llm, ctx.prompts, dctx, idea=idea))
 
 
 def mutator(attempt: Attempt, runtime: Runtime[Context]) -> Command:
@@ -158,13 +155,29 @@ def crossover(attempt: Attempt, runtime: Runtime[Context]) -> Command:
                   lambda ctx, dctx, parents: crossover_agent(ctx.llm, ctx.prompts, dctx, parents[0], parents[1]))
 
 
+def human(attempt: Attempt, runtime: Runtime[Context]) -> Command:
+    """A human baseline (mpq.proxies) as a candidate: its own source, no LLM, then the same
+    evaluate path as every draft (never repaired: the critic does not edit human proxies)."""
+    ctx, spec = runtime.context, attempt["spec"]
+    stored = ctx.store.get("proxies", spec["id"])
+    if stored is None:
+        code = baseline_source(spec["baseline"])
+        docstring = (ast.get_docstring(ast.parse(code)) or "").strip()
+        stored = {**proxy_row(spec, 0, ProxyDraft(docstring.split("\n\n")[0], code, "human", (), ast_hash(code))),
+                  "reasoning": f"human baseline {spec['baseline']}: {docstring.splitlines()[0] if docstring else ''}"}
+        ctx.store.record_proxy(stored, [])
+    runtime.stream_writer({"event": "draft", "id": spec["id"], "operator": "human"})
+    return Command(update={"attempt": 0, "code": stored["code"], "reasoning": stored["reasoning"],
+                           "ast_hash": stored["ast_hash"]}, goto="evaluate")
+
+
 def _draft(attempt: Attempt, runtime: Runtime[Context], agent: Callable) -> Command:
     ctx, spec = runtime.context, attempt["spec"]
     pid = proxy_id(spec, 0)
     stored = ctx.store.get("proxies", pid)
     if stored is None:
         dctx = _draft_context(ctx, attempt.get("library", []))
-        parents = [_parent(p) for p in attempt.get("parents", [])]
+        parents = [parent_of(p) for p in attempt.get("parents", [])]
         outcome = _call_agent(runtime, spec, lambda: agent(ctx, dctx, parents))
         if isinstance(outcome, NoDraft):  # no usable proxy: the candidate fails here
             ctx.store.record_llm_calls(pid, outcome.calls)
@@ -172,10 +185,10 @@ def _draft(attempt: Attempt, runtime: Runtime[Context], agent: Callable) -> Comm
             if outcome.code and ctx.config.search.repairs > 0:  # broken code is the critic's job
                 return Command(update={"attempt": 0, "code": outcome.code, "reasoning": "",
                                        "ast_hash": ast_hash(outcome.code), "error": outcome.reason}, goto="critic")
-            return _finish(runtime, _failed(spec, attempt, "draft_error", outcome.reason, 0))
+            return _finish(runtime, failed_record(spec, attempt, "draft_error", outcome.reason, 0))
         draft, record = outcome
-        stored = _proxy_row(spec, 0, draft)
-        ctx.store.record_proxy(stored, [_call_row(record)])
+        stored = proxy_row(spec, 0, draft)
+        ctx.store.record_proxy(stored, [call_row(record)])
     runtime.stream_writer({"event": "draft", "id": spec["id"], "operator": spec["operator"]})
     return Command(update={"attempt": 0, "code": stored["code"], "reasoning": stored["reasoning"],
                            "ast_hash": stored["ast_hash"]}, goto="evaluate")
@@ -184,7 +197,7 @@ def _draft(attempt: Attempt, runtime: Runtime[Context], agent: Callable) -> Comm
 def _finish(runtime: Runtime[Context], record: ProxyRecord) -> Command:
     """The candidate's final record into the archive; its pipeline ends."""
     runtime.stream_writer({"event": "candidate_done", "id": record["id"], "status": record["status"],
-                           "phi": _num(record["phi"])})
+                           "phi": num(record["phi"])})
     return Command(update={"archive": [record]}, goto=DONE)
 
 
@@ -208,7 +221,7 @@ def _call_agent(runtime: Runtime[Context], spec: CandidateSpec, call: Callable) 
             return call()
         except (DraftError, LLMCallError) as err:
             record = getattr(err, "record", None)
-            return NoDraft(getattr(err, "reason", None) or str(err), [_call_row(record)] if record else [],
+            return NoDraft(getattr(err, "reason", None) or str(err), [call_row(record)] if record else [],
                            getattr(err, "code", None))
         finally:
             end = time.perf_counter()
@@ -220,25 +233,7 @@ def _call_agent(runtime: Runtime[Context], spec: CandidateSpec, call: Callable) 
 def _draft_context(ctx: Context, library: list[ProxyRecord]) -> DraftContext:
     from dataclasses import replace
 
-    return replace(ctx.draft_context, library=tuple(_parent(p) for p in library))
-
-
-def _parent(record: ProxyRecord) -> Parent:
-    return Parent(id=record["id"], code=record["code"], reasoning=record["reasoning"],
-                  phi=record["phi"], rho_sens=record["rho_sens"], acc_quant=record["acc_quant"])
-
-
-def _proxy_row(spec: CandidateSpec, attempt: int, draft: ProxyDraft) -> dict:
-    return {"id": proxy_id(spec, attempt), "candidate": spec["id"], "generation": spec["generation"],
-            "slot": spec["slot"], "attempt": attempt, "operator": draft.operator, "template": spec["operator"],
-            "parents": list(draft.parents), "code": draft.code, "reasoning": draft.reasoning,
-            "ast_hash": draft.ast_hash}
-
-
-def _call_row(record: LLMCallRecord) -> dict:
-    return {"agent": record.agent, "template": record.template, "prompt": record.prompt,
-            "response": record.response, "tokens_in": record.tokens_in, "tokens_out": record.tokens_out,
-            "latency_s": record.latency_s, "error": record.error}
+    return replace(ctx.draft_context, library=tuple(parent_of(p) for p in library))
 
 
 # -- evaluation and repair -------------------------------------------------------------
@@ -265,17 +260,17 @@ def evaluate(attempt: Attempt, runtime: Runtime[Context]) -> Command:
             ctx.clock.span("eval", start + result["wall_s"] - inside, start + result["wall_s"])
         result = {**result, "proxy_id": pid, "candidate": spec["id"], "generation": spec["generation"],
                   "ast_hash": attempt["ast_hash"]}
-        ctx.store.record_evaluation(_evaluation_row(result))
+        ctx.store.record_evaluation(evaluation_row(result))
     reused = reused or bool(result.get("reused_from"))
     ok = result["status"] == "ok"
-    final = ok or n >= ctx.config.search.repairs
-    error = _error_text(result)
+    final = ok or n >= ctx.config.search.repairs or spec["operator"] == "human"
+    error = error_text(result)
     runtime.stream_writer({"event": "eval_done", "id": spec["id"], "attempt": n, "status": result["status"],
                            "phi": result.get("phi"), "rho_sens": result.get("rho_sens"),
                            "acc_quant": result.get("acc_quant"), "error": error.splitlines()[0] if error else "",
                            "reused": reused, "final": final, "eval_s": inside})
     if final:
-        return _finish(runtime, _record(spec, attempt, result))
+        return _finish(runtime, final_record(spec, attempt, result))
     return Command(update={"error": error}, goto="critic")
 
 
@@ -293,49 +288,17 @@ def critic(attempt: Attempt, runtime: Runtime[Context]) -> Command:
         step = _call_agent(runtime, spec, lambda: repair_step(ctx.llm, ctx.prompts, dctx, attempt["code"],
                                                               EvalFailure(attempt["error"])))
         if step.draft is None:  # not evaluated; the critic sees its own broken code, or the old code again
-            ctx.store.record_llm_calls(pid, [_call_row(r) for r in step.records])
+            ctx.store.record_llm_calls(pid, [call_row(r) for r in step.records])
             own_code = step.code != attempt["code"]
             error = str(step.failure) if own_code else f"{step.reason}; before: {attempt['error']}"
             if n >= ctx.config.search.repairs:
-                return _finish(runtime, _failed(spec, attempt, "error", error, n))
+                return _finish(runtime, failed_record(spec, attempt, "error", error, n))
             return Command(update={"attempt": n, "code": step.code, "ast_hash": ast_hash(step.code), "error": error},
                            goto="critic")
-        stored = _proxy_row(spec, n, step.draft)
-        ctx.store.record_proxy(stored, [_call_row(r) for r in step.records])
+        stored = proxy_row(spec, n, step.draft)
+        ctx.store.record_proxy(stored, [call_row(r) for r in step.records])
     return Command(update={"attempt": n, "code": stored["code"], "reasoning": stored["reasoning"],
                            "ast_hash": stored["ast_hash"]}, goto="evaluate")
-
-
-_EVAL_COLUMNS = ("proxy_id", "candidate", "generation", "ast_hash", "status", "phi", "rho_sens", "acc_quant",
-                 "avg_bits", "size_mb", "bops", "bits", "scores", "timings", "reason", "traceback_tail",
-                 "reused_from", "wall_s")
-
-
-def _evaluation_row(result: dict) -> dict:
-    return {k: result.get(k) for k in _EVAL_COLUMNS}
-
-
-def _error_text(result: dict) -> str:
-    if result["status"] == "ok":
-        return ""
-    return str(EvalFailure(result.get("reason") or result["status"], result.get("traceback_tail") or ""))
-
-
-def _record(spec: CandidateSpec, attempt: Attempt, result: dict) -> ProxyRecord:
-    ok = result["status"] == "ok" and result.get("phi") is not None
-    return ProxyRecord(
-        id=spec["id"], generation=spec["generation"], slot=spec["slot"], operator=spec["operator"],
-        parents=list(spec["parents"]), reasoning=attempt.get("reasoning", ""), code=attempt.get("code", ""),
-        ast_hash=attempt.get("ast_hash", ""), status=result["status"],
-        phi=float(result["phi"]) if ok else -math.inf,
-        rho_sens=result.get("rho_sens") if ok else None, acc_quant=result.get("acc_quant") if ok else None,
-        avg_bits=result.get("avg_bits") if ok else None, size_mb=result.get("size_mb") if ok else None,
-        bits=dict(result.get("bits") or {}) if ok else {}, repairs=attempt["attempt"],
-        error=_error_text(result))
-
-
-def _failed(spec: CandidateSpec, attempt: Attempt, status: str, error: str, repairs: int) -> ProxyRecord:
-    return _record(spec, {**attempt, "attempt": repairs}, {"status": status, "reason": error})
 
 
 # -- selection -----------------------------------------------------------------------
@@ -358,7 +321,7 @@ def select(state: SearchState, runtime: Runtime[Context]) -> dict:
     best = population[0] if population and math.isfinite(population[0]["phi"]) else state.get("best")
     finite = [r["phi"] for r in new if math.isfinite(r["phi"])]
     ctx.store.record_controller({"generation": gen, "kind": search.controller.kind, "weights": weights,
-                                 "probs": probs, "outcomes": [[o.template, _num(o.fitness)] for o in outcomes]})
+                                 "probs": probs, "outcomes": [[o.template, num(o.fitness)] for o in outcomes]})
     ctx.store.record_generation({
         "generation": gen, "candidates": len(new), "ok": len(finite),
         "best_phi": max(finite) if finite else None, "mean_phi": sum(finite) / len(finite) if finite else None,
@@ -386,16 +349,3 @@ def finalize(state: SearchState, runtime: Runtime[Context]) -> dict:
     ctx.clock.add("final_s", time.perf_counter() - start)
     runtime.stream_writer({"event": "finalize", **{k: final.get(k) for k in ("test_acc", "avg_bits", "run_dir")}})
     return {"final": final}
-
-
-def summary(record: ProxyRecord, code: bool = False) -> dict[str, Any]:
-    """The compact row the TUI, the generations table and the report show."""
-    out = {k: record.get(k) for k in ("id", "operator", "status", "rho_sens", "acc_quant", "avg_bits")}
-    out["phi"] = _num(record["phi"])
-    if code:
-        out["code"] = record["code"]
-    return out
-
-
-def _num(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None

@@ -35,7 +35,6 @@ from graph.state import SearchState
 from graph.store import RunStore, connect, db_path, require_run, snapshot_copy
 from graph.tui import make_sink
 
-
 CANDIDATE_THREADS = 64
 
 

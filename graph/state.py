@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Annotated, TypedDict
+from typing import Annotated, NotRequired, TypedDict
 
 LIBRARY_FRACTION = 0.10
 """Share of all finished proxies shown to mutation / crossover (paper: top 10%)."""
@@ -25,8 +25,10 @@ class CandidateSpec(TypedDict):
     id: str  # "g2-c5": generation 2, slot 5 (deterministic, so resume finds it again)
     generation: int
     slot: int
-    operator: str  # init | mutation | crossover (the template drawn)
+    operator: str  # init | mutation | crossover (the template drawn) | human (a seed of generation 0)
     parents: list[str]  # candidate ids of the parents (empty for init)
+    idea: NotRequired[str]  # init: the idea family the draft is asked to follow (graph.plan)
+    baseline: NotRequired[str]  # human: the mpq.proxies baseline it is
 
 
 class Attempt(TypedDict, total=False):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from agents.llm import LLMConfigError, provider_for
 from graph.config import ConfigError, RunConfig
+from mpq.data import SHIPPED_DATASETS
 
 
 def validate(config: RunConfig, fresh: bool) -> None:
@@ -25,7 +26,7 @@ def validate(config: RunConfig, fresh: bool) -> None:
         raise ConfigError("--workers must be >= 1")
     if not 0.0 <= t.alpha <= 1.0:
         raise ConfigError(f"--alpha {t.alpha}: expected 0..1")
-    if t.dataset != "embedded" and not t.data_root:
+    if t.dataset not in SHIPPED_DATASETS and not t.data_root:
         raise ConfigError(f"--dataset {t.dataset} needs --data-root DIR")
     try:
         provider_for(config.llm).check(config.llm)

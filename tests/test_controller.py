@@ -5,12 +5,12 @@ import random
 import pytest
 
 from graph.controller import (
+    RULES,
     ControllerSettings,
     Outcome,
+    UpdateRule,
     apply_floor,
     draw_operators,
-    RULES,
-    UpdateRule,
     initial_weights,
     preference_pairs,
     probabilities,
@@ -121,7 +121,7 @@ def test_apply_floor_keeps_sum_and_order():
 def test_preference_pairs():
     out = [Outcome("init", 0.1), Outcome("mutation", 0.5), Outcome("mutation", 0.3), Outcome("crossover", -math.inf)]
     pairs = preference_pairs(out)
-    winners = {(w, l) for w, l, _ in pairs}
+    winners = {(win, lose) for win, lose, _ in pairs}
     assert ("mutation", "init") in winners and ("init", "crossover") in winners
     assert ("mutation", "mutation") not in winners  # same template: no information
     assert all(m > 0 for _, _, m in pairs)

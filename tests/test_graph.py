@@ -85,7 +85,7 @@ def setup(tmp_path_factory):
 
 
 def run_args(setup, run_id: str, *extra: str) -> list[str]:
-    return ["--model", "mobilenetv2", "--weights", setup["weights"], "--eval-limit", "32",
+    return ["--model", "mobilenetv2", "--dataset", "embedded", "--weights", setup["weights"], "--eval-limit", "32",
             "--llm", f"scripted:{setup['script']}", "--population", "3", "--generations", "2",
             "--sandbox", "process", "--workers", "1", "--no-tui", "--json",
             "--runs-dir", str(setup["runs"]), "--run-id", run_id, *extra]
@@ -147,8 +147,9 @@ def test_end_to_end_writes_all_tables_and_outputs(setup, base_run):
 
 
 def test_kill_9_then_resume_matches_uninterrupted_run(setup, base_run):
+    log = setup["runs"].parent / "killed.log"
     proc = subprocess.Popen([sys.executable, "-m", "graph.run", *run_args(setup, "killed")], cwd=ROOT,
-                            env=setup["env"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=setup["env"], stdout=subprocess.DEVNULL, stderr=log.open("w"),
                             start_new_session=True)
     deadline = time.time() + 400
     done_before = []
@@ -162,8 +163,11 @@ def test_kill_9_then_resume_matches_uninterrupted_run(setup, base_run):
             if len(done_before) >= 2:
                 break
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the orchestrator and its sandbox workers, like a power cut
+        exited = proc.poll()
+        if exited is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the orchestrator and its sandbox workers, like a power cut
         proc.wait()
+    assert exited is None, f"the run ended (exit {exited}) before it could be killed: {log.read_text()[-2000:]}"
     assert 2 <= len(done_before) < 7, "the run must be killed in the middle"
     assert query(setup, "killed", "select status from runs") == [("running",)]
 
@@ -202,14 +206,14 @@ def test_replay_reproduces_the_stored_numbers(setup, base_run, capsys):
         attempt = pid.rpartition(".")[2] if "." in pid else "0"
         assert f"{candidate}.{attempt}: {status} phi={fmt(phi)} rho={fmt(rho)} acc={fmt(acc)}" in replay
     # The per-evaluation lines are the very lines the live run printed.
-    live = {l for l in base_run["log"].splitlines() if ": ok phi=" in l or ": error phi=" in l}
+    live = {line for line in base_run["log"].splitlines() if ": ok phi=" in line or ": error phi=" in line}
     assert live and live <= set(replay.splitlines())
     for gen, best_phi in query(setup, "base", "select generation, best_phi from generations"):
         assert f"generation {gen + 1} done: best" in replay and f"phi={fmt(best_phi)}" in replay
 
     assert runs_main(["--runs-dir", str(setup["runs"]), "replay", "base", "--generation", "1", "--no-tui"]) == 0
     only = capsys.readouterr().err
-    assert "g1-c0" in only and "g0-c0" not in only
+    assert "g1-c0" in only and "g0-c0.0:" not in only  # generation 0's evaluations are not replayed
     assert runs_main(["--runs-dir", str(setup["runs"]), "show", "base"]) == 0
     assert "best proxy" in capsys.readouterr().out
     assert runs_main(["--runs-dir", str(setup["runs"]), "list"]) == 0

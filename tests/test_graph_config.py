@@ -21,11 +21,30 @@ def test_defaults_follow_the_paper(tmp_path):
 
 def test_options_and_round_trip(tmp_path):
     c = parse_run_args(["--runs-dir", str(tmp_path), "--llm", SCRIPT, "--controller", "dpo", "--population", "3",
-                        "--bits", "8,2", "--seed", "7", "--budget", "1.5MB", "--no-tui", "--run-id", "x"])
+                        "--bits", "8,2", "--seed", "7", "--budget", "1.5MB", "--no-tui", "--run-id", "x",
+                        "--seed-population", "both"])
     assert c.search.controller.kind == "dpo" and c.search.population == 3 and c.task.bits == (2, 8)
     assert c.seed == 7 and c.llm.seed == 7 and c.task.seed == 0  # --seed is the search's, not the data split's
     assert not c.tui and c.run_id == "x" and c.run_dir == tmp_path / "x"
+    assert c.search.seed_population == "both" and parse_run_args(
+        ["--runs-dir", str(tmp_path), "--llm", SCRIPT]).search.seed_population == "llm"
     assert RunConfig.from_dict(c.to_dict()) == c
+
+
+def test_task_options_set_the_task_fields_named_at_their_declaration(tmp_path):
+    c = parse_run_args(["--runs-dir", str(tmp_path), "--llm", SCRIPT, "--calibration", "8", "--eval-limit", "64",
+                        "--alpha", "0.25", "--device", "cpu"])
+    assert (c.task.calib_size, c.task.eval_limit, c.task.alpha, c.task.seed) == (8, 64, 0.25, 0)
+
+
+def test_choices_come_from_the_registries(tmp_path):
+    from graph.cli import build_parser
+    from sandbox.pool import BACKEND_NAMES
+
+    text = build_parser().format_help()
+    assert "{" + ",".join(BACKEND_NAMES) + "}" in text.replace("\n", "").replace(" ", "")
+    with pytest.raises(SystemExit):
+        parse_run_args(["--runs-dir", str(tmp_path), "--llm", SCRIPT, "--controller", "nope"])
 
 
 def test_bad_bits(tmp_path):

@@ -55,8 +55,8 @@ def test_plain_lines():
         sink.emit(e)
     lines = buf.getvalue().splitlines()
     assert "g0-c0.0: ok phi=0.912 rho=0.500 acc=0.960" in lines
-    assert any(l.startswith("g0-c1: critic repair 1 after: AttributeError") for l in lines)
-    assert any("final: test top-1 0.950" in l for l in lines)
+    assert any(line.startswith("g0-c1: critic repair 1 after: AttributeError") for line in lines)
+    assert any("final: test top-1 0.950" in line for line in lines)
 
 
 def test_eta_pipelined_stages():

@@ -52,14 +52,15 @@ class Harness:
     """A node's runtime: context, collected events, evaluator calls."""
 
     def __init__(self, tmp_path, script: dict | list | None = None, population: int = 3, repairs: int = 2,
-                 kind: str = "paper", seed: int = 0):
+                 kind: str = "paper", seed: int = 0, seed_population: str = "llm"):
         path = tmp_path / "script.json"
         path.write_text(json.dumps(script or ["no code here"]))
         self.store = RunStore.open(tmp_path / "run.db")
         self.evals: list[str] = []
         self.events: list[dict] = []
         config = RunConfig(run_id="t", runs_dir=str(tmp_path), seed=seed, search=SearchSettings(
-            population=population, repairs=repairs, controller=ControllerSettings(kind=kind)))
+            population=population, repairs=repairs, controller=ControllerSettings(kind=kind),
+            seed_population=seed_population))
         self.ctx = nodes.Context(config=config, llm=make_llm(LLMSettings(spec=f"scripted:{path}")),
                                  prompts=PromptSet.load(), evaluate=evaluator(self.evals), store=self.store,
                                  draft_context=DraftContext(task="TASK", layers="LAYERS"))
@@ -116,6 +117,52 @@ def test_controller_plans_generation_zero_as_init(harness):
     assert [c["id"] for c in plan] == ["g0-c0", "g0-c1", "g0-c2"]
     assert {c["operator"] for c in plan} == {"init"} and all(c["parents"] == [] for c in plan)
     assert harness.events[-1]["event"] == "generation" and len(harness.events[-1]["operators"]) == 3
+
+
+def test_each_init_draft_of_a_generation_gets_its_own_idea_family(tmp_path):
+    h = Harness(tmp_path, {"init": [answer(proxy(0.4))]}, population=3)
+    families = h.ctx.prompts.idea_families
+    assert len(families) >= 3
+    state = {"generation": 0, "probs": probabilities(initial_weights()), "library": [], "population": []}
+    plan = nodes.controller(state, h.runtime)["candidates"]
+    assert [c["idea"] for c in plan] == list(families[:3])
+    later = nodes.controller({**state, "generation": 1}, h.runtime)["candidates"]  # the list goes on
+    assert [c["idea"] for c in later] == [families[(3 + i) % len(families)] for i in range(3)]
+    nodes.proposer(Attempt(spec=plan[1], attempt=0), h.runtime)
+    assert families[1] in h.llm_calls()[0]["prompt"] and families[0] not in h.llm_calls()[0]["prompt"]
+    h.store.close()
+
+
+@pytest.mark.parametrize("seed_population, humans, drafts", [("llm", 0, 3), ("human", 8, 0), ("both", 8, 3)])
+def test_generation_zero_seeds(tmp_path, seed_population, humans, drafts):
+    from mpq.proxies import BASELINES
+
+    h = Harness(tmp_path, seed_population=seed_population)
+    state = {"generation": 0, "probs": probabilities(initial_weights()), "library": [], "population": []}
+    plan = nodes.controller(state, h.runtime)["candidates"]
+    assert [c["operator"] for c in plan] == ["human"] * humans + ["init"] * drafts
+    assert [c.get("baseline") for c in plan[:humans]] == list(BASELINES)[:humans]
+    assert [c["slot"] for c in plan] == list(range(humans + drafts))
+    assert {nodes.first_node(Attempt(spec=c)) for c in plan} == ({"human"} if humans else set()) | (
+        {"proposer"} if drafts else set())
+    h.store.close()
+
+
+def test_a_human_seed_is_its_baseline_judged_like_a_draft_and_never_repaired(tmp_path):
+    from mpq.proxies import baseline_source
+
+    h = Harness(tmp_path)
+    seed = Attempt(spec=CandidateSpec(id="g0-c0", generation=0, slot=0, operator="human", parents=[],
+                                      baseline="weight_norm"), attempt=0)
+    node, payload = route(nodes.human(seed, h.runtime), seed)
+    assert node == "evaluate" and payload["code"] == baseline_source("weight_norm")
+    row = h.store.get("proxies", "g0-c0")
+    assert (row["operator"], row["template"]) == ("human", "human") and "weight_norm" in row["reasoning"]
+    assert h.llm_calls() == []
+    h.ctx.evaluate = lambda pid, src: {"status": "timeout", "reason": "too slow"}
+    command = nodes.evaluate(payload, h.runtime)
+    assert route(command, payload)[0] == nodes.DONE and archived(command)[0]["status"] == "timeout"
+    h.store.close()
 
 
 def test_controller_draws_from_p_and_takes_parents_from_the_library(harness):
@@ -218,7 +265,8 @@ def test_critic_shows_its_own_unparsable_repair_to_the_next_critic_call(tmp_path
     h = Harness(tmp_path, {"critic": [answer(UNPARSABLE), answer(proxy(0.6))]})
     failed = attempt(BROKEN, error="AttributeError")
     node, payload = route(nodes.critic(failed, h.runtime), failed)
-    assert node == "critic" and payload["code"].startswith("def score(layer:") and "AttributeError" not in payload["error"]
+    assert node == "critic" and payload["code"].startswith("def score(layer:")
+    assert "AttributeError" not in payload["error"]  # the next call is told its own parse error
     node, payload = route(nodes.critic(payload, h.runtime), payload)
     assert node == "evaluate" and payload["attempt"] == 2 and "phi=0.6" in payload["code"]
     second = h.llm_calls()[1]["prompt"]
@@ -230,7 +278,8 @@ def test_zero_repairs_means_no_critic(tmp_path):
     h = Harness(tmp_path, repairs=0)
     command = nodes.evaluate(attempt(BROKEN), h.runtime)
     assert route(command, {})[0] == nodes.DONE and archived(command)[0]["status"] == "error"
-    h2 = Harness(tmp_path / "b", {"init": [answer(UNPARSABLE)]}, repairs=0) if (tmp_path / "b").mkdir() is None else None
+    (tmp_path / "b").mkdir()
+    h2 = Harness(tmp_path / "b", {"init": [answer(UNPARSABLE)]}, repairs=0)
     command = nodes.proposer(Attempt(spec=spec(), attempt=0), h2.runtime)
     assert route(command, {})[0] == nodes.DONE and archived(command)[0]["status"] == "draft_error"
     h.store.close()
@@ -261,6 +310,15 @@ def _state(archive, candidates=3, gen=0, population=()):
     return {"generation": gen, "candidates": [spec(gen, i) for i in range(candidates)], "archive": archive,
             "population": list(population), "library": [], "weights": initial_weights(),
             "probs": probabilities(initial_weights()), "best": None}
+
+
+def test_select_keeps_human_seeds_out_of_the_controller_update(harness):
+    archive = [record("g0-c0", 0, 0, 0.9, "human"), record("g0-c1", 0, 1, 0.2, "init"),
+               record("g0-c2", 0, 2, 0.1, "init")]
+    state = {**_state(archive), "candidates": [spec(0, 0, "human"), spec(0, 1), spec(0, 2)]}
+    out = nodes.select(state, harness.runtime)
+    assert out["best"]["id"] == "g0-c0" and out["population"][0]["operator"] == "human"
+    assert out["probs"] == pytest.approx(probabilities(initial_weights(), 0.05))  # only init drafted: no evidence
 
 
 def test_select_waits_for_the_last_candidate(harness):

@@ -6,6 +6,9 @@ truth returns at once, and no slot outlives a killed ``sandbox.evaluate`` or
 Every slot here gets a fresh cache folder, so it is busy measuring the ground
 truth (minutes on two busy cores) when it is closed or orphaned; the folder's
 path, unique to the test, is on the worker's command line and finds its processes.
+Orchestrators: ``sandbox.evaluate`` killed (SIGKILL) while its slot measures the
+ground truth, and terminated (SIGTERM) while a proxy runs (the silent case);
+``graph.run`` terminated and killed while its slot loads.
 The time bounds are the issue's guarantees, used as hang guards: a slot that
 survived would live for minutes, not a few seconds more.
 """
@@ -15,7 +18,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -66,14 +68,17 @@ def wait_until_gone(cache: Path, bound_s: float) -> list[int]:
     return alive
 
 
-def test_closing_a_pool_while_its_slot_measures_the_ground_truth_returns_at_once(tmp_path):
+def test_closing_a_pool_while_its_slot_loads_returns_at_once(tmp_path):
+    """With a fresh cache the slot cannot be ready before it has measured the ground
+    truth (minutes): closed once it is well into loading, it must not be waited for."""
     cache = tmp_path / "fresh-cache"
-    measuring = threading.Event()
     pool = EvaluatorPool(TASK, backend="process", workers=1, limits=Limits(startup_s=START_GUARD_S),
-                         cache_dir=cache, progress=lambda slot, done, total: measuring.set())
+                         cache_dir=cache)
     try:
-        assert measuring.wait(START_GUARD_S), "the slot never started measuring the ground truth"
-        assert slot_processes(cache)
+        deadline = time.monotonic() + START_GUARD_S
+        while not any(cpu_seconds(pid) > 2.0 for pid in slot_processes(cache)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not pool.wait_ready(0), "the slot was ready: it did not load from a fresh cache"
     finally:
         started = time.monotonic()
         pool.close()
@@ -103,8 +108,7 @@ def says_ground_truth(orchestrator: subprocess.Popen) -> bool:
     return b"ground truth" in orchestrator.seen
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
-def test_no_slot_outlives_a_killed_evaluate_command_measuring_the_ground_truth(tmp_path, sig):
+def test_no_slot_outlives_a_killed_evaluate_command_measuring_the_ground_truth(tmp_path):
     proxy = tmp_path / "p.py"
     proxy.write_text("def score(layer):\n    return 1.0\n")
     cache = tmp_path / "fresh-cache"
@@ -112,12 +116,13 @@ def test_no_slot_outlives_a_killed_evaluate_command_measuring_the_ground_truth(t
                "--dataset", "embedded", "--eval-limit", "32", "--cache-dir", str(cache)]
     orchestrator = start_orchestrator(command, dict(os.environ), says_ground_truth)
     assert slot_processes(cache)
-    os.kill(orchestrator.pid, sig)
+    os.kill(orchestrator.pid, signal.SIGKILL)  # no cleanup code of the orchestrator runs
     orchestrator.wait(60)
     assert wait_until_gone(cache, ORPHAN_BOUND_S) == []
 
 
-def test_no_slot_outlives_a_terminated_search(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_no_slot_outlives_a_killed_search(tmp_path, sig):
     cache = tmp_path / "fresh-cache"
     env = {**os.environ, "TAP_MPQ_CACHE": str(cache)}
     command = [sys.executable, "-m", "graph.run", "--llm", "scripted:tests/data/scripted_llm.json", "--no-tui",
@@ -127,7 +132,7 @@ def test_no_slot_outlives_a_terminated_search(tmp_path):
         return any(cpu_seconds(pid) > 3.0 for pid in slot_processes(cache))
 
     orchestrator = start_orchestrator(command, env, slot_loading)
-    os.kill(orchestrator.pid, signal.SIGTERM)
+    os.kill(orchestrator.pid, sig)
     orchestrator.wait(60)
     assert wait_until_gone(cache, ORPHAN_BOUND_S) == []
 

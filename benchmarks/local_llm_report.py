@@ -178,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     default = Task()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rescore", action="store_true", help="evaluate the valid drafts on the task first")
+    p.add_argument("--files", nargs="*", type=Path, help="run files to rescore (default: all; a run still drafting must not be rescored)")
     p.add_argument("--model", default=default.model)
     p.add_argument("--dataset", default=default.dataset)
     p.add_argument("--data-root", default=default.data_root)
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     task = replace(default, model=args.model, dataset=args.dataset, data_root=args.data_root,
                    budget=args.budget, eval_limit=args.eval_limit)
     if args.rescore:
-        rescore(task, run_files())
+        rescore(task, args.files or run_files())
     table(task_key(task.to_dict()))
     return 0
 

@@ -125,6 +125,8 @@ class LLMProvider:
     """What ``KIND:`` must be followed by (``MODEL``, ``FILE``), or None for nothing."""
     defaults: ClassVar[Mapping[str, Any]] = {}
     """LLMSettings fields this provider defaults differently when the CLI leaves them unset."""
+    concurrent_calls: ClassVar[int] = 64
+    """Calls a run sends at once; more wait in the caller's queue (graph.nodes.Context.llm_slots)."""
 
     @property
     def usage(self) -> str:
@@ -184,6 +186,9 @@ class LocalProvider(LLMProvider):
     """The embedded offline model (agents.local_server), or a server already at ``base_url``."""
 
     kind = "local"
+    concurrent_calls = 1
+    """The embedded server answers one request at a time: queueing in the caller (not in the
+    server) keeps each call's client timeout for its own work."""
     defaults = {"max_tokens": 700, "timeout_s": 900.0, "retries": 0}
     """For the embedded model on 2 CPU cores (benchmarks/results/local_llm.json): an
     init prompt of ~4k tokens takes minutes, so a short timeout only cancels work

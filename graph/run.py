@@ -23,7 +23,7 @@ from typing import Iterator
 from langgraph.checkpoint.sqlite import SqliteSaver
 
 from agents.context import DraftContext, describe_task
-from agents.llm import LLMConfigError, LLMUnavailable, open_llm
+from agents.llm import LLMConfigError, LLMUnavailable, open_llm, provider_for
 from agents.prompts import PromptSet
 from graph.build import build_graph, thread_config
 from graph.cli import parse_run_args
@@ -91,7 +91,7 @@ def execute(config: RunConfig, evaluator: contextlib.AbstractContextManager | No
                           draft_context=DraftContext(task=describe_task(config.task),
                                                      layers=task_model.describe_layers()),
                           clock=clock, finalize=lambda state, c: _finalize(state, c, task_model),
-                          llm_slots=threading.Semaphore(1 if config.llm.kind == "local" else 64))
+                          llm_slots=threading.Semaphore(provider_for(config.llm).concurrent_calls))
             timings["setup_s"] = time.perf_counter() - start
             sink.emit({"event": "run", "run_id": config.run_id, "model": config.task.model,
                        "llm": config.llm.spec, "generations": config.search.generations,

@@ -4,7 +4,7 @@
     git archive REV | tar -x -C /tmp/before
     python -m benchmarks.pipelining --label before --source /tmp/before  # an older graph/
 
-Runs ``graph.run.execute`` on the embedded default task (MobileNetV2) with the
+Runs ``graph.run.execute`` on the default task (MobileNetV2) with the
 demo scripted LLM (tests/data/scripted_llm.json, critic repairs included)
 slowed to a fixed ``--llm-s`` per call and serialised like the one-request
 local server, and an evaluator that takes a fixed ``--eval-s`` per evaluation

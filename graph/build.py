@@ -37,6 +37,7 @@ def build_candidate_graph() -> CompiledStateGraph:
 
 
 def build_graph(checkpointer: BaseCheckpointSaver | None = None) -> CompiledStateGraph:
+    """The search; with a checkpointer every super-step (and every candidate's step) is saved."""
     g = StateGraph(SearchState, context_schema=nodes.Context)
     g.add_node("controller", nodes.controller)
     g.add_node("candidate", build_candidate_graph())

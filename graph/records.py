@@ -19,11 +19,13 @@ def proxy_id(spec: CandidateSpec, attempt: int) -> str:
 
 
 def parent_of(record: ProxyRecord) -> Parent:
+    """A finished proxy as the agents show it (parent or library entry)."""
     return Parent(id=record["id"], code=record["code"], reasoning=record["reasoning"],
                   phi=record["phi"], rho_sens=record["rho_sens"], acc_quant=record["acc_quant"])
 
 
 def proxy_row(spec: CandidateSpec, attempt: int, draft: ProxyDraft) -> dict:
+    """The ``proxies`` row of a draft (``template`` = the operator planned, ``operator`` = what drafted it)."""
     return {"id": proxy_id(spec, attempt), "candidate": spec["id"], "generation": spec["generation"],
             "slot": spec["slot"], "attempt": attempt, "operator": draft.operator, "template": spec["operator"],
             "parents": list(draft.parents), "code": draft.code, "reasoning": draft.reasoning,
@@ -31,6 +33,7 @@ def proxy_row(spec: CandidateSpec, attempt: int, draft: ProxyDraft) -> dict:
 
 
 def call_row(record: LLMCallRecord) -> dict:
+    """The ``llm_calls`` row of one call (its proxy id is added by the store)."""
     return {"agent": record.agent, "template": record.template, "prompt": record.prompt,
             "response": record.response, "tokens_in": record.tokens_in, "tokens_out": record.tokens_out,
             "latency_s": record.latency_s, "error": record.error}
@@ -42,10 +45,12 @@ EVAL_COLUMNS = ("proxy_id", "candidate", "generation", "ast_hash", "status", "ph
 
 
 def evaluation_row(result: dict) -> dict:
+    """The ``evaluations`` row of a sandbox result (the wire format's fields plus ids)."""
     return {k: result.get(k) for k in EVAL_COLUMNS}
 
 
 def error_text(result: dict) -> str:
+    """What the critic is shown of a failed result: reason and traceback tail ('' when ok)."""
     if result["status"] == "ok":
         return ""
     return str(EvalFailure(result.get("reason") or result["status"], result.get("traceback_tail") or ""))
@@ -66,6 +71,7 @@ def final_record(spec: CandidateSpec, attempt: Attempt, result: dict) -> ProxyRe
 
 
 def failed_record(spec: CandidateSpec, attempt: Attempt, status: str, error: str, repairs: int) -> ProxyRecord:
+    """A candidate that ended without an evaluation worth keeping (draft error, repairs used up)."""
     return final_record(spec, {**attempt, "attempt": repairs}, {"status": status, "reason": error})
 
 
@@ -79,4 +85,5 @@ def summary(record: ProxyRecord, code: bool = False) -> dict[str, Any]:
 
 
 def num(value: float | None) -> float | None:
+    """JSON-safe fitness: -inf / None -> None."""
     return value if value is not None and math.isfinite(value) else None

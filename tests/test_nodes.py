@@ -353,3 +353,33 @@ def test_after_select_routes_to_the_next_generation_or_finalize(harness):
     assert nodes.after_select({**done, "generation": 5}, harness.runtime) == "finalize"
     waiting = {"generation": 0, "candidates": [spec()], "archive": []}
     assert nodes.after_select(waiting, harness.runtime) == []
+
+
+# -- the wiring -------------------------------------------------------------------------
+def test_a_draft_is_evaluated_while_the_llm_writes_the_next(tmp_path):
+    """The second LLM call waits until some evaluation has happened. With one LLM slot,
+    only a per-candidate pipeline lets the first draft's evaluation run meanwhile; behind a
+    super-step barrier the wait runs out and the test fails (no timing luck: an event)."""
+    import threading
+
+    from agents.scripted import ScriptedChatModel
+    from graph.build import build_graph
+
+    evaluated, seen = threading.Event(), []
+
+    class WaitsForAnEvaluation(ScriptedChatModel):
+        def _generate(self, messages, stop=None, run_manager=None, **kwargs):
+            seen.append(evaluated.wait(timeout=60) if seen else True)  # every call after the first waits
+            return super()._generate(messages, stop=stop, run_manager=run_manager, **kwargs)
+
+    h = Harness(tmp_path, population=2)
+    h.ctx.config = RunConfig(run_id="t", runs_dir=str(tmp_path), search=SearchSettings(generations=1, population=2))
+    h.ctx.llm = WaitsForAnEvaluation(script={"init": [answer(proxy(0.4)), answer(proxy(0.5).replace("params", "macs"))]})
+    h.ctx.llm_slots = threading.Semaphore(1)
+    plain = h.ctx.evaluate
+    h.ctx.evaluate = lambda pid, src: (plain(pid, src), evaluated.set())[0]
+    state = {"run_id": "t", "generation": 0, "candidates": [], "archive": [], "population": [], "library": [],
+             "weights": initial_weights(), "probs": probabilities(initial_weights()), "best": None}
+    final = build_graph().invoke(state, context=h.ctx)
+    assert seen == [True, True] and sorted(r["phi"] for r in final["archive"]) == [0.4, 0.5]
+    h.store.close()

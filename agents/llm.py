@@ -156,6 +156,7 @@ def register_provider(cls: type[LLMProvider]) -> type[LLMProvider]:
 
 
 def provider_for(settings: LLMSettings) -> LLMProvider:
+    """The registered provider of ``settings.kind`` (LLMSettings has checked that it exists)."""
     return PROVIDERS[settings.kind]
 
 

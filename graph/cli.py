@@ -27,6 +27,7 @@ TASK_PARSERS = {"bits": parse_bits}
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """``graph.run``'s options; choices come from the registries (models, data sets, rules, backends)."""
     p = argparse.ArgumentParser(
         prog="python -m graph.run",
         description="TAP search: LLM agents evolve training-free MPQ proxies.")

@@ -66,7 +66,7 @@ class LeaderboardConfig:
     """Everything one leaderboard run needs (built from the command line)."""
 
     model: str = "mobilenetv2"
-    dataset: str = "embedded"
+    dataset: str = "cifar10-mini"
     data_root: str | None = None
     weights: str | None = None
     budgets: tuple[str, ...] = ("3avg",)

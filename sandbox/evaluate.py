@@ -20,7 +20,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sandbox.evaluate", description=__doc__.splitlines()[0])
     p.add_argument("proxy", type=Path, help="a Python file defining score(layer) or score_all(layers)")
     p.add_argument("--model", default="mobilenetv2")
-    p.add_argument("--dataset", default="embedded")
+    p.add_argument("--dataset", default="cifar10-mini")
     p.add_argument("--data-root")
     p.add_argument("--weights", help="checkpoint path or 'torchvision' (default: the project's)")
     p.add_argument("--budget", default="3avg", help='"3avg" | "1.5MB" | "8x" (default: %(default)s)')

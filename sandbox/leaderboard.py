@@ -57,8 +57,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m sandbox.leaderboard", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="mobilenetv2")
-    p.add_argument("--dataset", default="embedded")
-    p.add_argument("--data-root", help="folder of the data set (not needed for embedded)")
+    p.add_argument("--dataset", default="cifar10-mini")
+    p.add_argument("--data-root", help="folder of the data set (not needed for cifar10-mini / embedded)")
     p.add_argument("--weights", help="checkpoint path or 'torchvision' (default: the project's checkpoint)")
     p.add_argument("--budget", default="3avg", help="one or more budgets, comma separated: 3avg,4avg | 1.5MB | 8x")
     p.add_argument("--proxy", action="append", default=[], metavar="FILE",

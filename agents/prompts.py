@@ -33,6 +33,10 @@ from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "prompts"
 # Named sets for --prompts (anything else is taken as a folder path).
 PROMPT_SETS: Mapping[str, Path] = MappingProxyType({"full": DEFAULT_DIR, "compact": DEFAULT_DIR / "compact"})
+# Which set an LLM provider gets when --prompts is not given: the small local
+# models get the compact set (prompts about a quarter as long, more valid
+# drafts: benchmarks/results/local_llm.json); API models get the full contract.
+DEFAULT_SET_BY_PROVIDER: Mapping[str, str] = MappingProxyType({"local": "compact"})
 CONTRACT_HEADING = "## The proxy contract"
 SNIPPETS = ("skeleton", "examples")
 CONTRACT_FILE = "contract"
@@ -103,6 +107,11 @@ class PromptSet:
             SystemMessage(self.render("system", **values)),
             HumanMessage(self.render(template, **values)),
         ]
+
+
+def default_prompt_set(llm_spec: str) -> str:
+    """The set for ``--llm SPEC`` when ``--prompts`` is not given ("full" unless the provider has its own)."""
+    return DEFAULT_SET_BY_PROVIDER.get(llm_spec.split(":", 1)[0], "full")
 
 
 def resolve_prompt_dir(directory: str | Path | None) -> Path:

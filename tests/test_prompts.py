@@ -197,3 +197,12 @@ def test_layers_summary_is_short_and_falls_back_on_unknown_tables():
     assert "last: idx 4 linear 10x512 (5,120 weights)" in summary and len(summary.splitlines()) == 4
     assert summarize_layers("free text\nno rows") == "free text\nno rows"
     assert shared_values(DraftContext(task="T"))["layers_summary"] == "(not given)"
+
+
+def test_default_set_follows_the_llm_provider():
+    from agents.prompts import default_prompt_set
+
+    assert default_prompt_set("local") == "compact"
+    assert default_prompt_set("openai:gpt-4o-mini") == "full"
+    assert default_prompt_set("scripted:tests/data/scripted_llm.json") == "full"
+    assert PromptSet.load(default_prompt_set("local")).directory == DEFAULT_DIR / "compact"

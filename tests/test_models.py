@@ -8,8 +8,16 @@ import pytest
 import torch
 
 from mpq.data import CIFAR10_SPEC, EMBEDDED_SPEC, DatasetSpec, load_splits
-from mpq.models import (MODEL_NAMES, TIMM_MODELS, TORCHVISION_MODELS, ModelError, build_model,
-                        checkpoint_path, load_model, read_checkpoint)
+from mpq.models import (
+    MODEL_NAMES,
+    TIMM_MODELS,
+    TORCHVISION_MODELS,
+    ModelError,
+    build_model,
+    checkpoint_path,
+    load_model,
+    read_checkpoint,
+)
 from mpq.train import SUBSET_SIZE, evaluate_top1
 
 SHARED_CIFAR10 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"

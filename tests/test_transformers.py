@@ -15,7 +15,7 @@ from mpq.data import calibration_batch, load_splits
 from mpq.features import describe_layers, extract_features
 from mpq.fitness import Evaluator
 from mpq.proxies import BASELINES, baseline_source
-from mpq.quant import Quantizer, QuantConfig, evaluate
+from mpq.quant import Quantizer, evaluate
 from mpq.task import Task
 
 timm = pytest.importorskip("timm")

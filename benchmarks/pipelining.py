@@ -3,8 +3,10 @@
     python -m benchmarks.pipelining --label after                       # this checkout
     git archive REV | tar -x -C /tmp/before
     python -m benchmarks.pipelining --label before --source /tmp/before  # an older graph/
+    python -m benchmarks.pipelining --label real_after --sandbox process --llm-s 20   # real evaluations
 
-Runs ``graph.run.execute`` on the default task (MobileNetV2) with the
+Runs ``graph.run.execute`` on MobileNetV2 (``--dataset``, default embedded: the
+final test is cheap, and setup and final are not counted) with the
 demo scripted LLM (tests/data/scripted_llm.json, critic repairs included)
 slowed to a fixed ``--llm-s`` per call and serialised like the one-request
 local server, and an evaluator that takes a fixed ``--eval-s`` per evaluation
@@ -13,6 +15,8 @@ graph's wiring does with the time; the real stages on this machine are
 ~40-100 s per local-LLM draft and ~8-11 s per sandbox evaluation
 (benchmarks/results/local_llm.json, search_cpu.json). Figures go to
 ``benchmarks/results/pipelining.json`` under ``--label``, with the machine.
+``--sandbox process`` evaluates in the real sandbox instead (``--eval-s`` is
+then ignored; ``serial_s`` uses the measured evaluation time).
 """
 from __future__ import annotations
 
@@ -84,18 +88,21 @@ def measure(args: argparse.Namespace) -> dict:
 
     slow_llm(args.llm_s)
     with tempfile.TemporaryDirectory(prefix="tap-pipelining-") as runs:
+        sandbox = ["--sandbox", args.sandbox] + (["--eval-limit", str(args.eval_limit)] if args.eval_limit else [])
         config = parse_run_args(["--llm", f"scripted:{SCRIPT}", "--population", str(args.population),
                                  "--generations", str(args.generations), "--workers", str(args.workers),
-                                 "--runs-dir", runs, "--run-id", "bench", "--no-tui"])
-        result = execute(config, evaluator=timed_evaluator(args.eval_s, args.workers))
+                                 "--runs-dir", runs, "--run-id", "bench", "--no-tui", "--dataset", args.dataset,
+                                 *(sandbox if args.sandbox else [])])
+        result = execute(config, evaluator=None if args.sandbox else timed_evaluator(args.eval_s, args.workers))
     t, spans = result["timings"], result["spans"]
     search_s = t["wall_s"] - t["setup_s"] - t["final_s"]
     llm, ev = spans.get("llm", []), spans.get("eval", [])
+    eval_s = sum(b - a for a, b in ev)  # slot time summed over evaluations
     return {"search_s": round(search_s, 2), "wall_s": round(t["wall_s"], 2), "llm_calls": len(llm),
             "evaluations": len(ev), "llm_busy_s": round(sum(b - a for a, b in union(llm)), 2),
             "eval_busy_s": round(sum(b - a for a, b in union(ev)), 2),
             "overlap_s": round(overlap(llm, ev), 2),
-            "serial_s": round(len(llm) * args.llm_s + len(ev) * args.eval_s / args.workers, 2)}
+            "serial_s": round(len(llm) * args.llm_s + eval_s / args.workers, 2)}
 
 
 def machine() -> dict:
@@ -112,11 +119,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--population", type=int, default=4)
     p.add_argument("--generations", type=int, default=2)
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--dataset", default="embedded", help="default: %(default)s")
+    p.add_argument("--sandbox", help="real evaluations in this sandbox backend (graph.run checks the name)")
+    p.add_argument("--eval-limit", type=int, help="with --sandbox: search-split images per evaluation")
     args = p.parse_args(argv)
     if args.source:
         sys.path.insert(0, str(Path(args.source).resolve()))
     figures = measure(args)
-    row = {"settings": {k: getattr(args, k) for k in ("llm_s", "eval_s", "population", "generations", "workers")},
+    keys = ("llm_s", "eval_s", "population", "generations", "workers", "sandbox", "eval_limit", "dataset")
+    row = {"settings": {k: getattr(args, k) for k in keys},
            "source": args.source or "this checkout", **figures, "machine": machine()}
     print(json.dumps(row, indent=1))
     data = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"benchmark": "pipelining", "runs": {}}

@@ -39,8 +39,9 @@ from sandbox.protocol import (
     slot_message_from_json,
     validate,
 )
+from sandbox.ray_backend import RayLauncher
 
-BACKENDS: dict[str, type[Launcher]] = {cls.name: cls for cls in (DockerLauncher, ProcessLauncher)}
+BACKENDS: dict[str, type[Launcher]] = {cls.name: cls for cls in (DockerLauncher, ProcessLauncher, RayLauncher)}
 """Every sandbox backend, in the order ``auto`` tries them. A new backend is one
 ``Launcher`` class added here."""
 AUTO = "auto"
@@ -195,6 +196,7 @@ class EvaluatorPool:
         self._warm = [threading.Event() for _ in range(count)]
         self._channels: dict[int, WorkerChannel] = {}
         self._closing = False
+        self._retried: set[str] = set()
         self._threads = [threading.Thread(target=self._serve, args=(i,), name=f"evaluator-slot-{i}", daemon=True)
                          for i in range(count)]
         for thread in self._threads:
@@ -252,6 +254,7 @@ class EvaluatorPool:
         deadline = time.monotonic() + CLOSE_WAIT_S
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+        getattr(BACKENDS[self.backend], "pool_closed", lambda: None)()  # e.g. stop a Ray instance it started
 
     def __enter__(self) -> "EvaluatorPool":
         return self
@@ -278,6 +281,21 @@ class EvaluatorPool:
             self._completed.put(result)
         else:
             future.set_result(result)
+
+    def _retry(self, request: EvaluationRequest, future: Future | None,
+               result: EvaluationResult) -> EvaluationResult | None:
+        """Queue a request whose slot died under it once more, where the backend asks for it
+        (``retries_dead_slot``: a Ray actor or node can die for reasons of its own); the next
+        free slot takes it. None when queued again; else the result to deliver (a second death says so)."""
+        if result.status != "killed" or not getattr(BACKENDS[self.backend], "retries_dead_slot", False):
+            return result
+        with self._lock:
+            again = request.id in self._retried
+            if not again and not self._closing:  # close() has not queued its stop marks yet
+                self._retried.add(request.id)
+                self._requests.put((request, future))
+                return None
+        return dataclasses.replace(result, reason=result.reason + " (again: retried once already)") if again else result
 
     def _start(self, index: int) -> tuple[SlotConnection | None, str]:
         """A warm slot, or None and why not. Runs on the slot's own thread, which the
@@ -321,12 +339,17 @@ class EvaluatorPool:
                 result = slot.evaluate(request)
                 result = dataclasses.replace(
                     result, timings={**result.timings, "roundtrip_s": time.perf_counter() - started})
-                if slot.dead:
+                died = slot.dead
+                if died:
                     self._stop(index, slot)
                     with self._lock:
                         self.restarts += 1
                     slot, why = self._start(index)
-                self._deliver(result, future)
+                if died:
+                    result = self._retry(request, future, result)
+                if result is not None:
+                    self._retried.discard(request.id)  # delivered: the id may come again
+                    self._deliver(result, future)
         finally:
             if slot is not None:
                 self._stop(index, slot)

@@ -1,0 +1,134 @@
+"""Evaluator throughput against slot count: the Ray backend vs the process backend (issue 18).
+
+Per backend and slot count: a warm pool (start-up not timed, reported apart),
+then ``--evaluations`` real proxies submitted at once (the human baselines of
+``mpq.proxies`` and two mutations of each: the square root and the square of
+its scores' magnitude), timed from the first submit to the last result, in
+evaluations per minute. On a GPU all slots share the one GPU: Ray gives each
+``1/slots`` of it; the process backend gives every slot GPU 0. The Ray instance
+is local and started once for the whole benchmark. Results are merged into
+``--out`` under ``<label>_<model>_<dataset>_<device>``.
+
+    python -m benchmarks.ray_scaling --device cuda --dataset cifar10 --data-root .data/cifar10 \\
+        --eval-limit 1000 --slots 1 2 4 8 --label gpu              # on the GPU machine (16 cores, one GPU)
+    python -m benchmarks.ray_scaling --dataset embedded --eval-limit 32 --slots 1 2 --evaluations 12 \\
+        --label cpu-smoke                                           # a smoke run on the 2-core CPU
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import time
+from pathlib import Path
+
+from mpq.proxies import BASELINES
+from mpq.task import Task
+
+PROJECT = Path(__file__).resolve().parent.parent
+MUTATIONS = {"sqrt": "abs(s) ** 0.5", "square": "abs(s) ** 2"}
+"""Mechanical stand-ins for LLM mutations: same cost profile as their parent, other scores."""
+
+
+def mutated(source: str, expression: str) -> str:
+    """``source`` whose scores ``s`` become ``expression`` (works for ``score`` and ``score_all``)."""
+    if "def score_all(" in source:
+        return source + (f"\n\n_parent_score_all = score_all\n\n\ndef score_all(layers):\n"
+                         f"    return [{expression} for s in _parent_score_all(layers)]\n")
+    return source + (f"\n\n_parent_score = score\n\n\ndef score(layer):\n"
+                     f"    s = _parent_score(layer)\n    return {expression}\n")
+
+
+def proxies() -> list[tuple[str, str]]:
+    """(name, source) of every baseline and its mutations."""
+    found = []
+    for name, path in BASELINES.items():
+        source = path.read_text()
+        found.append((name, source))
+        found += [(f"{name}~{m}", mutated(source, e)) for m, e in MUTATIONS.items()]
+    return found
+
+
+def pool_for(task: Task, backend: str, slots: int, limits):
+    from sandbox.pool import EvaluatorPool
+    from sandbox.ray_backend import RaySettings
+
+    on_gpu = task.device.startswith("cuda")
+    if backend == "ray":
+        settings = RaySettings(cpus_per_slot=1.0, gpus_per_slot=(1.0 / slots) if on_gpu else 0.0)
+        return EvaluatorPool(task, backend="ray", workers=slots, limits=limits, settings=settings, log=print)
+    return EvaluatorPool(task, backend=backend, workers=slots, limits=limits, gpus=["0"] * slots if on_gpu else None,
+                         log=print)
+
+
+def measure(task: Task, backend: str, slots: int, evaluations: int, limits) -> dict:
+    """One warm pool: start-up, then ``evaluations`` proxies timed to the last result."""
+    work = proxies()
+    start = time.perf_counter()
+    with pool_for(task, backend, slots, limits) as pool:
+        if not pool.wait_ready(limits.startup_s):
+            raise SystemExit(f"{backend} x{slots}: slots not ready within {limits.startup_s:g} s")
+        ready_s = time.perf_counter() - start
+        start = time.perf_counter()
+        for i in range(evaluations):
+            name, source = work[i % len(work)]
+            pool.submit(pool.request(source, f"{i:03d}-{name}"))
+        results = list(pool.results())
+        elapsed = time.perf_counter() - start
+        restarts = pool.restarts
+    statuses = collections.Counter(r.status for r in results)
+    failed = sorted({r.reason for r in results if r.status != "ok"})[:5]
+    figure = {"slots": slots, "evaluations": len(results), "elapsed_s": elapsed,
+              "evaluations_per_minute": 60.0 * len(results) / elapsed, "warm_up_s": ready_s,
+              "statuses": dict(statuses), "restarts": restarts, "failure_reasons": failed,
+              "median_eval_s": sorted(r.timings.get("roundtrip_s", 0.0) for r in results)[len(results) // 2]}
+    print(f"{backend:8s} {slots} slot(s): {figure['evaluations_per_minute']:7.2f} evaluations/min "
+          f"({len(results)} in {elapsed:.1f} s, warm-up {ready_s:.1f} s, {dict(statuses)})", flush=True)
+    return figure
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="mobilenetv2")
+    parser.add_argument("--dataset", default="cifar10")
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--eval-limit", type=int, default=1000, help="search-split images per evaluation")
+    parser.add_argument("--slots", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--evaluations", type=int, default=40)
+    parser.add_argument("--backends", nargs="+", default=["ray", "process"], choices=["ray", "process"])
+    parser.add_argument("--label", default="gpu", help="names the machine in the results key (gpu, cpu-smoke)")
+    parser.add_argument("--out", type=Path, default=PROJECT / "benchmarks" / "results" / "ray.json")
+    args = parser.parse_args()
+
+    import ray
+
+    from benchmarks.quantizer import machine
+    from sandbox.protocol import Limits
+
+    task = Task(model=args.model, dataset=args.dataset, data_root=args.data_root, device=args.device,
+                eval_limit=args.eval_limit)
+    limits = Limits(timeout_s=600, startup_s=1800)
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)  # once: every Ray pool joins it
+    try:
+        figures = {backend: [measure(task, backend, n, args.evaluations, limits) for n in args.slots]
+                   for backend in args.backends}
+        cluster = ray.cluster_resources()
+    finally:
+        ray.shutdown()
+    run = {"machine": {**machine(args.device), "label": args.label, "ray_cluster": cluster},
+           "task": task.to_dict(), "evaluations": args.evaluations, "figures": figures,
+           "speedup_vs_1_slot": {b: {str(f["slots"]): f["evaluations_per_minute"] / rows[0]["evaluations_per_minute"]
+                                     for f in rows} for b, rows in figures.items()},
+           "how_to_read": "evaluations_per_minute: proxies judged per minute of a warm pool, all submitted at once; "
+                          "warm-up (Ray actors placed, task loaded, ground truth) is reported apart, not timed in."}
+    results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    results[f"{args.label}_{args.model}_{args.dataset}_{args.device}"] = run
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"written to {os.path.relpath(args.out)}")
+
+
+if __name__ == "__main__":
+    main()

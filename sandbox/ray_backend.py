@@ -1,0 +1,247 @@
+"""Ray backend: each slot is a Ray actor that runs the process backend's worker on its node.
+
+For users with a cluster (issue 18). Ray places the actors (``num_cpus``, and
+``num_gpus``, fractions allowed, so that several slots share a GPU); each actor
+starts ``python -m sandbox.worker`` through ``sandbox.process_backend.ProcessLauncher``
+on its own node, so a proxy is isolated there exactly as under ``--sandbox process``
+(network / mount / PID namespaces where the node allows them, rlimits, the
+``nobody`` user, a scrubbed environment). The actor only relays the worker's JSON
+lines; the pool, the search, the store and the TUI see an ordinary pool.
+
+Faults: a slot whose actor or node dies mid-evaluation is replaced, and its
+request is put back in the pool's queue once (``retries_dead_slot``), where the
+next free slot takes it; a second death is recorded as ``killed``. A proxy that
+hangs is killed on time by the worker (fork mode) or, when it swallows the
+alarm (in-process mode), by killing the actor, whose worker dies with it: the
+worker's parent-death signal is tied to the actor's main thread, which started it.
+
+The cluster: ``TAP_MPQ_RAY_ADDRESS`` (or ``RaySettings.address``), e.g.
+``ray://head:10001`` or ``auto``; unset, the pool starts a local Ray instance
+and stops it when it closes (and Ray's own processes die with this one). Every
+node needs the project (same path, or installed) and the data at the task's
+``data_root``. Per slot: ``TAP_MPQ_RAY_CPUS_PER_SLOT`` (default 1) and
+``TAP_MPQ_RAY_GPUS_PER_SLOT`` (default 1 for a CUDA task, 0 on the CPU).
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import logging
+import os
+import socket
+import threading
+from dataclasses import dataclass
+from typing import ClassVar
+
+from sandbox.backend import SlotSpec
+from sandbox.channel import WorkerChannel
+from sandbox.process_backend import PROJECT_ROOT, ProcessLauncher
+
+ADDRESS_ENV = "TAP_MPQ_RAY_ADDRESS"
+CPUS_ENV = "TAP_MPQ_RAY_CPUS_PER_SLOT"
+GPUS_ENV = "TAP_MPQ_RAY_GPUS_PER_SLOT"
+ACTOR_READ_S = 1.0
+"""Longest one relay call blocks in the actor (the pool side polls it in shorter slices)."""
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    """Where the slots run and what each asks Ray for."""
+
+    address: str | None = None
+    """A Ray cluster address (``auto``, ``ray://host:10001``); None = a local instance for this pool."""
+    cpus_per_slot: float = 1.0
+    gpus_per_slot: float | None = None
+    """Fractions allowed (0.25: four slots per GPU); None = 1 for a CUDA task, 0 on the CPU."""
+
+    @classmethod
+    def from_environment(cls) -> "RaySettings":
+        """Settings from ``TAP_MPQ_RAY_*`` (how ``graph.run`` and the commands reach them)."""
+        gpus = os.environ.get(GPUS_ENV)
+        return cls(address=os.environ.get(ADDRESS_ENV) or None,
+                   cpus_per_slot=float(os.environ.get(CPUS_ENV) or 1.0),
+                   gpus_per_slot=float(gpus) if gpus else None)
+
+    def gpus_for(self, task: dict) -> float:
+        if self.gpus_per_slot is not None:
+            return self.gpus_per_slot
+        return 1.0 if str(task.get("device", "cpu")).startswith("cuda") else 0.0
+
+
+class SlotActor:
+    """The body of one slot's Ray actor (made remote by ``_remote_actor``): starts the
+    worker with the process backend on this node and relays its lines.
+
+    A sync actor runs ``__init__`` and every call on its main thread, which lives as long
+    as the actor: the worker's parent-death signal is tied to it (``ProcessLauncher``)."""
+
+    def __init__(self, spec: SlotSpec):
+        import ray
+
+        gpus = [str(g) for g in ray.get_gpu_ids()]
+        # Ray's GPUs for this actor; "" hides every GPU from a CPU slot (not the node's all).
+        self.spec = dataclasses.replace(spec, gpu=",".join(gpus))
+        self.launcher = ProcessLauncher(self.spec)
+        self.channel = self.launcher.start()
+        self.where = (f"ray actor on node {socket.gethostname()} "
+                      f"({ray.get_runtime_context().get_node_id()[:12]}), GPUs [{', '.join(gpus)}]")
+
+    def send(self, data: bytes) -> None:
+        self.channel.send(data.decode())
+
+    def receive(self, timeout_s: float = ACTOR_READ_S) -> tuple[str, bytes]:
+        """("line", line) | ("timeout", b"") | ("end", the worker's stderr tail)."""
+        try:
+            line = self.channel.receive(timeout_s)
+        except TimeoutError:
+            return "timeout", b""
+        except ValueError as exc:  # a line over the size cap: the slot is not trusted any more
+            return "end", str(exc).encode()
+        if line is None:
+            return "end", self.channel.stderr_tail().encode()
+        return "line", self._with_node_notes(line)
+
+    def _with_node_notes(self, line: bytes) -> bytes:
+        """The ready message gets where the slot runs and the process backend's notes on this node."""
+        try:
+            message = json.loads(line)
+        except ValueError:
+            return line
+        if not isinstance(message, dict) or message.get("kind") != "ready":
+            return line
+        notes = message.get("isolation_notes")
+        if isinstance(notes, list):
+            message["isolation_notes"] = [self.where, *self.launcher.notes(), *notes]
+        return json.dumps(message).encode()
+
+
+_state_lock = threading.Lock()
+_started_here = False
+"""Whether this process started the Ray instance (then the last pool to close stops it)."""
+_live_actors: set = set()
+
+
+def ray_installed() -> bool:
+    return importlib.util.find_spec("ray") is not None
+
+
+def join_cluster(settings: RaySettings) -> str:
+    """Join the configured cluster, or start a local instance; once per process. Says which."""
+    import ray
+
+    global _started_here
+    with _state_lock:
+        if ray.is_initialized():
+            return "the Ray instance this process already joined"
+        # "local" starts a fresh instance even where RAY_ADDRESS points elsewhere.
+        ray.init(address=settings.address or "local", include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING)
+        _started_here = settings.address is None
+        return f"Ray cluster at {settings.address}" if settings.address else "a local Ray instance started by the pool"
+
+
+def _remote_actor():
+    import ray
+
+    return ray.remote(max_restarts=0, max_task_retries=0)(SlotActor)
+
+
+@dataclass(frozen=True)
+class RayLauncher:
+    """The Ray backend: starts one slot actor (and the worker inside it)."""
+
+    name: ClassVar[str] = "ray"
+    retries_dead_slot: ClassVar[bool] = True
+    """A request whose slot died (actor, node, worker) is put back in the queue once."""
+    spec: SlotSpec
+    settings: RaySettings
+
+    @classmethod
+    def availability(cls, settings: object | None = None) -> tuple[bool, str]:
+        if not ray_installed():
+            return False, "Ray is not installed: pip install 'tap-mpq[ray]' (or pip install ray)"
+        address = _settings(settings).address
+        return True, f"Ray actors on {'the cluster at ' + address if address else 'a local Ray instance'}"
+
+    @classmethod
+    def for_slot(cls, spec: SlotSpec, settings: object | None = None) -> "RayLauncher":
+        return cls(spec, _settings(settings))
+
+    @classmethod
+    def pool_closed(cls) -> None:
+        """Stop the local Ray instance this process started once no slot actor is left."""
+        import ray
+
+        global _started_here
+        with _state_lock:
+            if _started_here and not _live_actors and ray.is_initialized():
+                ray.shutdown()
+                _started_here = False
+
+    def notes(self) -> list[str]:
+        return [f"ray backend: one actor per slot ({self.settings.cpus_per_slot:g} CPU, "
+                f"{self.settings.gpus_for(self.spec.task):g} GPU); the worker in it isolated as by the "
+                "process backend on its node"]
+
+    def start(self) -> WorkerChannel:
+        join_cluster(self.settings)
+        env = {"env_vars": {"PYTHONPATH": str(PROJECT_ROOT)}}  # where the project lives at the same path
+        actor = _remote_actor().options(num_cpus=self.settings.cpus_per_slot,
+                                        num_gpus=self.settings.gpus_for(self.spec.task),
+                                        runtime_env=env).remote(self.spec)
+        with _state_lock:
+            _live_actors.add(actor)
+        return _ActorStream(actor).channel
+
+
+class _ActorStream:
+    """The pool's end of one actor: its relay calls as ``WorkerChannel`` primitives.
+
+    A relay call still running when a read slice ends is kept and waited on by the
+    next read, never issued twice, so no line of the worker is ever dropped."""
+
+    def __init__(self, actor):
+        self.actor = actor
+        self.pending = None
+        self.channel = WorkerChannel(self.read_chunk, self.write, self.kill)
+
+    def read_chunk(self, timeout_s: float) -> bytes:
+        import ray
+
+        try:
+            if self.pending is None:
+                self.pending = self.actor.receive.remote(ACTOR_READ_S)
+            ready, _ = ray.wait([self.pending], timeout=timeout_s)
+            if not ready:
+                raise TimeoutError
+            kind, data = ray.get(self.pending)
+            self.pending = None
+        except TimeoutError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - actor or node died, Ray stopped: the slot is gone
+            self.channel.note_stderr(f"the Ray actor is gone: {type(exc).__name__}: {str(exc)[:300]}")
+            return b""
+        if kind == "timeout":
+            raise TimeoutError
+        if kind == "end":
+            self.channel.note_stderr(data.decode(errors="replace"))
+            return b""
+        return data + b"\n"
+
+    def write(self, data: bytes) -> None:
+        self.actor.send.remote(data)  # ordered after earlier calls; a dead actor shows on the next read
+
+    def kill(self) -> None:
+        import ray
+
+        try:
+            ray.kill(self.actor, no_restart=True)  # SIGKILL: the worker dies with the actor's thread
+        except Exception:  # noqa: BLE001 - already gone, or Ray already stopped
+            pass
+        with _state_lock:
+            _live_actors.discard(self.actor)
+
+
+def _settings(settings: object | None) -> RaySettings:
+    return settings if isinstance(settings, RaySettings) else RaySettings.from_environment()

@@ -263,6 +263,7 @@ class Quantizer:
         if not config.bias_correction and config.clipping != "output_mse":
             self._inputs = {}
         self._cache: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._scales: dict[tuple[str, int], torch.Tensor] = {}
         self._act_on = False
         for name, m in self.layers:
             m.register_forward_pre_hook(self._act_hook(name))
@@ -297,15 +298,23 @@ class Quantizer:
         key = (name, bits)
         if key not in self._cache:
             w, b = self._fp[name]
-            scales = channel_scales(w, bits, self.config.clipping, self.config.mse_grid,
-                                    output_error=self._output_error(name, w, bits))
-            wq = fake_quant_per_channel(w, scales, bits)
+            wq = fake_quant_per_channel(w, self.scales(name, bits), bits)
             if self.config.bias_correction:
                 with torch.no_grad():
                     shift = layer_op(self._modules[name], self._inputs[name], wq - w)
                     b = b - _per_channel(shift, self._modules[name], "mean")
             self._cache[key] = (wq, b)
         return self._cache[key]
+
+    def scales(self, name: str, bits: int) -> torch.Tensor:
+        """Per-output-channel weight scales of layer ``name`` at ``bits`` bits (computed once;
+        mpq.ptq_model exports them with the integer weights)."""
+        key = (name, bits)
+        if key not in self._scales:
+            w = self._fp[name][0]
+            self._scales[key] = channel_scales(w, bits, self.config.clipping, self.config.mse_grid,
+                                               output_error=self._output_error(name, w, bits))
+        return self._scales[key]
 
     def _output_error(self, name: str, w: torch.Tensor, bits: int) -> ErrorFn | None:
         """Per output channel, the squared error of the layer's output on the calibration inputs."""

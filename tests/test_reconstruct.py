@@ -1,0 +1,152 @@
+"""Block reconstruction (mpq.reconstruct) and its channel-stacked variants (mpq.ptq_stack), on real weights."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from mpq.data import calibration_batch, load_splits
+from mpq.models import load_model
+from mpq.ptq_leaderboard import Allocation, reconstruct_allocations, stack_from_nets
+from mpq.ptq_model import from_quantizer
+from mpq.ptq_stack import StackError, set_mode, stacked_layers, top1_per_variant
+from mpq.quant import QuantConfig, Quantizer, evaluate, fold_batchnorm, quantizable_layers
+from mpq.reconstruct import (ReconConfig, ReconstructionError, Variant, _prepare, chain_links, find_blocks,
+                             reconstruct, reconstruct_many)
+from tests.mpq_tiny import tiny_setup
+
+
+def _names(model, images):
+    return [n for n, _ in quantizable_layers(model, images[:1])]
+
+
+def _w2_first_last_8(names):
+    bits = {n: 2 for n in names}
+    bits[names[0]] = bits[names[-1]] = 8
+    return bits
+
+
+def test_stacked_variants_compute_exactly_their_own_networks():
+    """Two variants (different bits, different images) stacked: each one's logits equal those of its
+    extracted integer network run alone; before training, hard rounding is round-to-nearest."""
+    s = tiny_setup()
+    names = _names(s.model, s.calib_images)
+    a = {n: 2 for n in names}
+    b = {n: 4 for n in names}
+    other = s.search_images[:16]
+    nets, _ = reconstruct_many(s.model, [Variant(a, s.calib_images), Variant(b, other)], ReconConfig(iters=0))
+    stacked = stack_from_nets(nets, torch.device("cpu"))
+    x = s.test_images[:64]
+    logits = stacked(x.repeat(1, 2, 1, 1)).reshape(64, 2, -1)
+    for k, net in enumerate(nets):
+        # equal up to an activation rounding flipped by float32 vs float64 scales (measured: < 0.003)
+        torch.testing.assert_close(logits[:, k], net.to_module()(x), rtol=1e-2, atol=1e-2)
+        for name, q in net.layers.items():  # iters=0: every weight is rounded to the nearest level
+            ratio = fold_batchnorm(s.model, x[:1]).get_submodule(name).weight / q.scale.reshape(-1, *[1] * (q.weight_int.dim() - 1))
+            lo, hi = -2 ** (q.bits - 1), 2 ** (q.bits - 1) - 1
+            assert torch.equal(q.weight_int.float(), torch.clamp(torch.round(ratio), lo, hi))
+    assert nets[0].layers[names[1]].act != nets[1].layers[names[1]].act  # ranges from each variant's images
+
+
+def test_reconstruction_beats_round_to_nearest_at_two_bits():
+    s = tiny_setup()
+    names = _names(s.model, s.calib_images)
+    bits = _w2_first_last_8(names)
+    splits = load_splits("embedded")
+    calib, _ = calibration_batch(splits, 256, seed=1)
+    rtn, _ = reconstruct(s.model, bits, calib, ReconConfig(iters=0))
+    recon, stats = reconstruct(s.model, bits, calib, ReconConfig(iters=300))
+    rtn_top1 = evaluate(rtn.to_module(), s.test_images, s.test_labels).top1
+    recon_top1 = evaluate(recon.to_module(), s.test_images, s.test_labels).top1
+    with torch.no_grad():  # what reconstruction minimises, measured on held-out images: the output error
+        fp = s.model(s.test_images)
+        rtn_err = (rtn.to_module()(s.test_images) - fp).pow(2).mean().item()
+        recon_err = (recon.to_module()(s.test_images) - fp).pow(2).mean().item()
+    assert stats.blocks == len(names) and stats.blocks_optimized == len(names) - 2  # 8-bit ends keep RTN
+    assert recon_err < 0.7 * rtn_err, (rtn_err, recon_err)
+    assert recon_top1 >= rtn_top1 - 0.01, (rtn_top1, recon_top1)
+    for name, q in recon.layers.items():  # learned rounding only moves to floor or ceil, within range
+        ratio = rtn.layers[name].dequantized() / q.scale.reshape(-1, *[1] * (q.weight_int.dim() - 1))
+        assert (q.weight_int.float() - ratio).abs().max() <= 1.0 + 1e-4
+        assert int(q.weight_int.min()) >= -2 ** (q.bits - 1) and int(q.weight_int.max()) <= 2 ** (q.bits - 1) - 1
+
+
+def test_a_variant_reconstructs_the_same_alone_or_stacked():
+    """Stacking must not leak between variants: variant 0 learns the same rounding with or without a neighbour."""
+    s = tiny_setup()
+    names = _names(s.model, s.calib_images)
+    bits = _w2_first_last_8(names)
+    config = ReconConfig(iters=40, seed=3)
+    alone, _ = reconstruct(s.model, bits, s.calib_images, config)
+    pair, _ = reconstruct_many(s.model, [Variant(bits, s.calib_images), Variant({n: 4 for n in names},
+                                                                                  s.search_images[:16])], config)
+    same = sum(int((alone.layers[n].weight_int == pair[0].layers[n].weight_int).sum()) for n in names)
+    total = sum(alone.layers[n].weight_int.numel() for n in names)
+    assert same / total > 0.98  # measured 0.991: float differences of grouped vs plain convs flip a few ties
+
+
+def test_a_variants_loss_reaches_only_its_own_rounding_variables():
+    s = tiny_setup()
+    names = _names(s.model, s.calib_images)
+    variants = [Variant({n: 2 for n in names}, s.calib_images), Variant({n: 4 for n in names}, s.search_images[:16])]
+    _, stacked, inputs = _prepare(s.model, variants, ReconConfig())
+    set_mode(stacked, "soft", act_on=True)
+    for m in stacked_layers(stacked).values():
+        m.alpha.requires_grad_(True)
+    logits = stacked(inputs).reshape(len(inputs), 2, -1)
+    logits[:, 1].pow(2).sum().backward()  # variant 1 only
+    for name, m in stacked_layers(stacked).items():
+        assert m.alpha.grad[0].abs().max() == 0, name
+        assert m.alpha.grad[1].abs().max() > 0, name
+
+
+def test_allocations_share_variants_and_report_mean_and_spread():
+    s = tiny_setup()
+    names = _names(s.model, s.calib_images)
+    bits = _w2_first_last_8(names)
+    calib = {0: s.calib_images, 1: s.search_images[:16]}
+    out = reconstruct_allocations(s.model, [Allocation("a@3avg", bits, (0, 1)), Allocation("b@3avg", dict(bits)),
+                                            Allocation("c@4avg", {n: 4 for n in names})],
+                                  calib, s.test_images, s.test_labels, ReconConfig(iters=5))
+    assert out["variants"] == 3  # a and b are one bit map: seeds 0, 1 of it, and c
+    assert out["results"]["a@3avg"]["seeds"][0] == out["results"]["b@3avg"]["seeds"][0]
+    assert out["results"]["a@3avg"]["std"] >= 0 and set(out["results"]["a@3avg"]["seeds"]) == {0, 1}
+    rtn = from_quantizer(Quantizer(s.model, s.calib_images, QuantConfig(bias_correction=False)), {n: 4 for n in names})
+    assert abs(out["results"]["c@4avg"]["mean"] - evaluate(rtn.to_module(), s.test_images, s.test_labels).top1) < 0.1
+
+
+def test_blocks_of_mobilenetv2_follow_brecq_and_chain():
+    splits = load_splits("embedded")
+    model = load_model("mobilenetv2", splits.spec)
+    images, _ = calibration_batch(splits, 4)
+    names = _names(model, images)
+    from mpq.ptq_stack import stack_model
+    folded = fold_batchnorm(model, images[:1])
+    stacked = stack_model(folded, names, {n: torch.ones(1, folded.get_submodule(n).weight.shape[0]) for n in names},
+                          {n: [8] for n in names})
+    blocks = find_blocks(stacked)
+    assert [n for n, _ in blocks] == [f"features.{i}" for i in range(19)] + ["classifier.1"]
+    links = chain_links(stacked, blocks, images[:1])
+    assert links == [False] + [True] * 18 + [False]  # pooling + flatten sit between features and classifier
+    torch.testing.assert_close(stacked(images), folded(images), rtol=1e-4, atol=1e-4)  # fp mode = the float model
+
+
+def test_bad_inputs_are_refused_with_a_clear_error():
+    s = tiny_setup()
+    names = _names(s.model, s.calib_images)
+    with pytest.raises(ReconstructionError, match="no bits"):
+        reconstruct(s.model, {names[0]: 4}, s.calib_images)
+    norm_net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.GroupNorm(2, 4), nn.Flatten(), nn.LazyLinear(10))
+    norm_net(s.calib_images[:1])
+    with pytest.raises(StackError, match="mixes channels"):
+        reconstruct(norm_net.eval(), {n: 4 for n in _names(norm_net, s.calib_images)}, s.calib_images)
+
+
+def test_top1_per_variant_counts_each_variant():
+    s = tiny_setup()
+    names = _names(s.model, s.calib_images)
+    nets, _ = reconstruct_many(s.model, [Variant({n: 8 for n in names}, s.calib_images),
+                                         Variant({n: 2 for n in names}, s.calib_images)], ReconConfig(iters=0))
+    top1 = top1_per_variant(stack_from_nets(nets, torch.device("cpu")), s.test_images, s.test_labels, 2)
+    assert top1[0] == pytest.approx(evaluate(nets[0].to_module(), s.test_images, s.test_labels).top1)
+    assert top1[0] > top1[1]

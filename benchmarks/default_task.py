@@ -150,7 +150,7 @@ def hawq_timing(splits: DataSplits, dataset: str, model_name: str, device: str) 
             torch.cuda.synchronize()
         return value, time.perf_counter() - start
 
-    per_layer, per_layer_s = timed(lambda: [reference.block_trace(l, torch.Generator().manual_seed(0)) for l in layers])
+    per_layer, per_layer_s = timed(lambda: [reference.block_trace(layer, torch.Generator().manual_seed(0)) for layer in layers])
     joint_traces, joint_s = timed(lambda: joint.block_traces(layers, torch.Generator().manual_seed(0)))
     return {"dataset": dataset, "model": model_name, "layers": len(layers), "device": device,
             "per_layer_s": per_layer_s, "joint_s": joint_s, "joint_probes": joint.PROBES,

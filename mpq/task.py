@@ -6,7 +6,7 @@ worker, so a proxy's fitness is always tied to exactly one task.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)

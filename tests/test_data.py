@@ -1,7 +1,6 @@
 """Substrate I, data: layouts, splits, calibration, errors."""
 from __future__ import annotations
 
-import io
 import pickle
 from pathlib import Path
 

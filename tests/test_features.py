@@ -2,10 +2,10 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from mpq_tiny import tiny_setup
 
 from mpq.features import LayerFeatures, describe_layers, extract_features
 from mpq.quant import fold_batchnorm
-from mpq_tiny import tiny_setup
 
 CONTRACT = ["name", "index", "depth", "num_layers", "kind", "weight", "bias", "input", "output", "grad", "params",
             "macs", "in_channels", "out_channels", "kernel_size", "stride", "groups", "feature_map"]
@@ -109,8 +109,8 @@ def test_network_hvp_blocks_are_the_full_hessian_times_v(features):
     a = [torch.randn_like(f.weight) for f in features]
     b = [torch.randn_like(f.weight) for f in features]
     summed = features[0].network_hvp([x + y for x, y in zip(a, b)])
-    for l, (ha, hb) in enumerate(zip(features[0].network_hvp(a), features[0].network_hvp(b))):
-        assert torch.allclose(summed[l], ha + hb, rtol=1e-4, atol=1e-5), l
+    for index, (ha, hb) in enumerate(zip(features[0].network_hvp(a), features[0].network_hvp(b))):
+        assert torch.allclose(summed[index], ha + hb, rtol=1e-4, atol=1e-5), index
     coupled = features[0].network_hvp(a)[3]
     assert not torch.allclose(coupled, features[3].hvp(a[3]), rtol=1e-3, atol=1e-6)  # off-diagonal blocks count
     with pytest.raises(ValueError, match="network_hvp"):

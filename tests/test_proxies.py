@@ -68,7 +68,7 @@ def test_every_baseline_runs_on_every_model(proxy, model, features_of):
 
 def test_proxies_leave_the_features_untouched(features_of):
     layers = features_of("resnet18")
-    before = [(l.weight.clone(), l.output.clone(), l.grad.clone()) for l in layers]
+    before = [(layer.weight.clone(), layer.output.clone(), layer.grad.clone()) for layer in layers]
     for name in BASELINES:
         load_proxy(cheap_source(name))(layers)
     for layer, (w, out, g) in zip(layers, before):

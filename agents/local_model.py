@@ -99,10 +99,12 @@ QWEN_CODER_15B = ModelSpec(
 )
 
 MODELS = {m.name: m for m in (QWEN_CODER_05B, QWEN_CODER_15B)}
-# The default by measurement (benchmarks/results/local_llm.json, compact prompts,
-# drafts evaluated in the sandbox after the critic's repairs, 2 shared cores):
-# the 1.5B model's drafts are valid far more often than the 0.5B's, which more
-# than makes up for its slower generation in valid unique drafts per minute.
+# The default by measurement (benchmarks/results/local_llm.json: compact prompts,
+# drafts evaluated in the sandbox after the critic's repairs, 2 cores shared at
+# load 9-12): the 1.5B model's drafts are valid more often (0.81 vs 0.67) and
+# rarely copy a known proxy (1 of 13 valid vs 5 of 14), at about twice the time
+# per draft (267 vs 123 s), so valid unique drafts per minute are close
+# (0.17 vs 0.21, the 1.5B run at the higher load). Quality first (issue 13).
 DEFAULT_MODEL = QWEN_CODER_15B
 
 

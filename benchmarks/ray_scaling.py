@@ -12,7 +12,7 @@ is local and started once for the whole benchmark. Results are merged into
     python -m benchmarks.ray_scaling --device cuda --dataset cifar10 --data-root .data/cifar10 \\
         --eval-limit 1000 --slots 1 2 4 8 --label gpu              # on the GPU machine (16 cores, one GPU)
     python -m benchmarks.ray_scaling --dataset embedded --eval-limit 32 --slots 1 2 --evaluations 12 \\
-        --label cpu-smoke                                           # a smoke run on the 2-core CPU
+        --label cpu-smoke --note "..."                              # a smoke run on the 2-core CPU
 """
 from __future__ import annotations
 
@@ -99,6 +99,7 @@ def main() -> None:
     parser.add_argument("--evaluations", type=int, default=40)
     parser.add_argument("--backends", nargs="+", default=["ray", "process"], choices=["ray", "process"])
     parser.add_argument("--label", default="gpu", help="names the machine in the results key (gpu, cpu-smoke)")
+    parser.add_argument("--note", default="", help="what the figures are (and are not), kept with them")
     parser.add_argument("--out", type=Path, default=PROJECT / "benchmarks" / "results" / "ray.json")
     args = parser.parse_args()
 
@@ -118,7 +119,7 @@ def main() -> None:
     finally:
         ray.shutdown()
     run = {"machine": {**machine(args.device), "label": args.label, "ray_cluster": cluster},
-           "task": task.to_dict(), "evaluations": args.evaluations, "figures": figures,
+           "note": args.note, "task": task.to_dict(), "evaluations": args.evaluations, "figures": figures,
            "speedup_vs_1_slot": {b: {str(f["slots"]): f["evaluations_per_minute"] / rows[0]["evaluations_per_minute"]
                                      for f in rows} for b, rows in figures.items()},
            "how_to_read": "evaluations_per_minute: proxies judged per minute of a warm pool, all submitted at once; "

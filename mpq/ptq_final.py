@@ -34,8 +34,10 @@ class FinalPTQ:
     ``--keep-first-last-8bit``); recorded with the run's configuration."""
 
     mode: Literal["rtn", "reconstruct"] = "rtn"
-    calib_size: int = 1024
-    """Calibration images from the training split (the search itself keeps the task's 16)."""
+    calib_size: int | None = None
+    """Calibration images from the training split; None: 1,024 for ``reconstruct`` (OMPQ / EMQ /
+    BRECQ), the task's own (16) for ``rtn``, so that the exported RTN model is the one the search
+    measured (RTN top-1 of allocations with 2-bit layers moves with the calibration images)."""
     iters: int = 2000
     """Reconstruction steps per block (``reconstruct`` only)."""
     keep_first_last_8bit: bool = False
@@ -45,11 +47,16 @@ class FinalPTQ:
     def __post_init__(self) -> None:
         if self.mode not in FINAL_PTQ_MODES:
             raise ValueError(f"--final-ptq must be one of {', '.join(FINAL_PTQ_MODES)}, got {self.mode!r}")
-        if self.calib_size < 1 or self.iters < 0:
+        if (self.calib_size is not None and self.calib_size < 1) or self.iters < 0:
             raise ValueError("--calib-final must be >= 1 and --recon-iters >= 0")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def calib_images(self, task_calib_size: int) -> int:
+        if self.calib_size is not None:
+            return self.calib_size
+        return 1024 if self.mode == "reconstruct" else task_calib_size
 
     def recon_config(self, act_bits: int | None) -> ReconConfig:
         return ReconConfig(iters=self.iters, act_bits=act_bits, seed=self.seed)

@@ -109,3 +109,19 @@ def attach_to_rows(rows: list[dict], results: dict, label_of) -> None:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def add_reconstruct_column(report: dict, model: nn.Module, calib: dict[int, torch.Tensor],
+                           test_images: torch.Tensor, test_labels: torch.Tensor, config: ReconConfig) -> None:
+    """``mpq.leaderboard --final-ptq reconstruct``: every row's allocation reconstructed (all rows and
+    calibration seeds in one stacked pass), its test top-1 written into the row beside ``top1_test``."""
+    label = lambda row: f"{row['proxy']}@{row['budget']}"  # noqa: E731
+    rows = [r for r in report["rows"] if "error" not in r]
+    if not rows:
+        return
+    allocations = [Allocation(label(r), r["bits"], tuple(calib)) for r in rows]
+    measured = reconstruct_allocations(model, allocations, calib, test_images, test_labels, config)
+    attach_to_rows(report["rows"], measured["results"], label)
+    report["reconstruct"] = {"config": config.to_dict(), "iters": measured["iters"], "seeds": list(calib),
+                             "calib_images": int(next(iter(calib.values())).shape[0]),
+                             "seconds": measured["seconds"], "variants": measured["variants"]}

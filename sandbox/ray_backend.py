@@ -20,7 +20,8 @@ The cluster: ``TAP_MPQ_RAY_ADDRESS`` (or ``RaySettings.address``), e.g.
 and stops it when it closes (and Ray's own processes die with this one). Every
 node needs the project (same path, or installed) and the data at the task's
 ``data_root``. Per slot: ``TAP_MPQ_RAY_CPUS_PER_SLOT`` (default 1) and
-``TAP_MPQ_RAY_GPUS_PER_SLOT`` (default 1 for a CUDA task, 0 on the CPU).
+``TAP_MPQ_RAY_GPUS_PER_SLOT`` (default for a CUDA task: 1 on a cluster, an even
+share of this machine's GPUs on a local instance; 0 on the CPU).
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ import dataclasses
 import importlib.util
 import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -53,7 +55,7 @@ class RaySettings:
     """A Ray cluster address (``auto``, ``ray://host:10001``); None = a local instance for this pool."""
     cpus_per_slot: float = 1.0
     gpus_per_slot: float | None = None
-    """Fractions allowed (0.25: four slots per GPU); None = 1 for a CUDA task, 0 on the CPU."""
+    """Fractions allowed (0.25: four slots per GPU); None: see ``gpus_for``."""
 
     @classmethod
     def from_environment(cls) -> "RaySettings":
@@ -63,10 +65,14 @@ class RaySettings:
                    cpus_per_slot=float(os.environ.get(CPUS_ENV) or 1.0),
                    gpus_per_slot=float(gpus) if gpus else None)
 
-    def gpus_for(self, task: dict) -> float:
+    def gpus_for(self, task: dict, share_among: int = 1, gpus: float = 1.0) -> float:
+        """What a slot asks for: as set, else 0 on the CPU, else an even share of ``gpus`` among
+        ``share_among`` slots, at most one (a local instance: every slot fits)."""
         if self.gpus_per_slot is not None:
             return self.gpus_per_slot
-        return 1.0 if str(task.get("device", "cpu")).startswith("cuda") else 0.0
+        if not str(task.get("device", "cpu")).startswith("cuda"):
+            return 0.0
+        return min(1.0, gpus / max(1, share_among))
 
 
 class SlotActor:
@@ -120,6 +126,8 @@ _state_lock = threading.Lock()
 _started_here = False
 """Whether this process started the Ray instance (then the last pool to close stops it)."""
 _live_actors: set = set()
+_slots_asked = 0
+"""Slots made by ``for_slot`` for the local instance: it offers them all, as the process backend would."""
 
 
 def ray_installed() -> bool:
@@ -134,9 +142,11 @@ def join_cluster(settings: RaySettings) -> str:
     with _state_lock:
         if ray.is_initialized():
             return "the Ray instance this process already joined"
-        # "local" starts a fresh instance even where RAY_ADDRESS points elsewhere.
-        ray.init(address=settings.address or "local", include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.WARNING)
+        # "local" starts a fresh instance even where RAY_ADDRESS points elsewhere; it offers at least a
+        # CPU per slot asked, so that --workers N gives N slots here as with --sandbox process.
+        cpus = None if settings.address else max(os.cpu_count() or 1, math.ceil(_slots_asked * settings.cpus_per_slot))
+        ray.init(address=settings.address or "local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.ERROR)  # no INFO/WARNING lines under the TUI
         _started_here = settings.address is None
         return f"Ray cluster at {settings.address}" if settings.address else "a local Ray instance started by the pool"
 
@@ -166,6 +176,9 @@ class RayLauncher:
 
     @classmethod
     def for_slot(cls, spec: SlotSpec, settings: object | None = None) -> "RayLauncher":
+        global _slots_asked
+        with _state_lock:
+            _slots_asked += 1
         return cls(spec, _settings(settings))
 
     @classmethod
@@ -173,22 +186,26 @@ class RayLauncher:
         """Stop the local Ray instance this process started once no slot actor is left."""
         import ray
 
-        global _started_here
+        global _started_here, _slots_asked
         with _state_lock:
             if _started_here and not _live_actors and ray.is_initialized():
                 ray.shutdown()
                 _started_here = False
+                _slots_asked = 0
 
     def notes(self) -> list[str]:
-        return [f"ray backend: one actor per slot ({self.settings.cpus_per_slot:g} CPU, "
-                f"{self.settings.gpus_for(self.spec.task):g} GPU); the worker in it isolated as by the "
-                "process backend on its node"]
+        return [f"ray backend: one actor per slot ({self.settings.cpus_per_slot:g} CPU and its GPU share); "
+                "the worker in it isolated as by the process backend on its node"]
 
     def start(self) -> WorkerChannel:
+        import ray
+
         join_cluster(self.settings)
+        gpus = self.settings.gpus_for(self.spec.task)
+        if _started_here:  # a local instance: the slots share this machine's GPUs evenly
+            gpus = self.settings.gpus_for(self.spec.task, _slots_asked, ray.cluster_resources().get("GPU", 0.0))
         env = {"env_vars": {"PYTHONPATH": str(PROJECT_ROOT)}}  # where the project lives at the same path
-        actor = _remote_actor().options(num_cpus=self.settings.cpus_per_slot,
-                                        num_gpus=self.settings.gpus_for(self.spec.task),
+        actor = _remote_actor().options(num_cpus=self.settings.cpus_per_slot, num_gpus=gpus,
                                         runtime_env=env).remote(self.spec)
         with _state_lock:
             _live_actors.add(actor)

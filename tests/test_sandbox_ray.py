@@ -153,6 +153,7 @@ def test_settings_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("TAP_MPQ_RAY_GPUS_PER_SLOT", "0.25")
     settings = RaySettings.from_environment()
     assert (settings.address, settings.gpus_per_slot, settings.cpus_per_slot) == ("ray://head:10001", 0.25, 1.0)
+    assert RaySettings().gpus_for({"device": "cuda"}, share_among=4, gpus=1.0) == 0.25
     assert RaySettings().gpus_for({"device": "cuda"}) == 1.0 and RaySettings().gpus_for({"device": "cpu"}) == 0.0
 
 
@@ -245,9 +246,12 @@ def test_a_slot_that_dies_twice_is_recorded_killed_and_a_hang_is_killed(cluster,
         assert gpu_like.evaluate(GOOD).status == "ok"
 
 
-def test_an_uninstalled_or_unknown_backend_is_one_clear_error():
-    with pytest.raises(PoolError, match="unknown sandbox backend"):
-        EvaluatorPool(TASK, backend="slurm")
+def test_without_ray_the_backend_says_how_to_install_it(monkeypatch):
+    import sandbox.ray_backend
+
+    monkeypatch.setattr(sandbox.ray_backend, "ray_installed", lambda: False)
+    with pytest.raises(PoolError, match=r"--sandbox ray: Ray is not installed: pip install 'tap-mpq\[ray\]'"):
+        EvaluatorPool(TASK, backend="ray")
 
 
 # --- the end of a run: Ctrl-C stops Ray and leaves no process behind -----------------------

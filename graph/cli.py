@@ -17,6 +17,7 @@ from graph.lineage import branch_point, resumed_config
 from graph.plan import SEED_POPULATIONS
 from graph.validate import parse_bits, validate
 from mpq.data import DATASET_NAMES
+from mpq.ptq_final import FINAL_PTQ_MODES, FinalPTQ
 from sandbox.pool import BACKEND_NAMES
 
 SANDBOXES = BACKEND_NAMES
@@ -55,6 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="generation 0: LLM init drafts, the human baselines, or both (default: llm)")
     search.add_argument("--prompts", help="prompt folder (default: prompts/)")
     add_llm_arguments(p)
+    final = p.add_argument_group("final model (mpq.ptq_final, mpq.export)")
+    final.add_argument("--final-ptq", choices=FINAL_PTQ_MODES,
+                       help="round-to-nearest or block reconstruction (BRECQ/AdaRound) (default: rtn)")
+    final.add_argument("--calib-final", type=int, help="calibration images of the final model (default: 1024 for reconstruct, "
+                       "--calibration for rtn)")
+    final.add_argument("--recon-iters", type=int, help="reconstruction steps per block (default: 2000)")
+    final.add_argument("--keep-first-last-8bit", action="store_true", default=None,
+                       help="first and last layer at 8 bits in the final model")
     run = p.add_argument_group("run")
     run.add_argument("--sandbox", choices=SANDBOXES, help="default: auto")
     run.add_argument("--workers", type=int, help="evaluator slots (default: 1)")
@@ -99,6 +108,13 @@ def task_changes(args: argparse.Namespace) -> dict:
     return changes
 
 
+def final_changes(args: argparse.Namespace) -> dict:
+    """The FinalPTQ fields given on the command line."""
+    given = {"mode": args.final_ptq, "calib_size": args.calib_final, "iters": args.recon_iters,
+             "keep_first_last_8bit": args.keep_first_last_8bit}
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def apply_overrides(base: RunConfig, args: argparse.Namespace, fresh: bool) -> RunConfig:
     """``base`` with the options that were given; a branch (not fresh) keeps the parent's task."""
     changes = task_changes(args)
@@ -118,8 +134,12 @@ def apply_overrides(base: RunConfig, args: argparse.Namespace, fresh: bool) -> R
         llm = settings_with_args(None if fresh else base.llm, args, seed=seed)
     except LLMConfigError as err:
         raise ConfigError(str(err)) from None
+    try:
+        final = FinalPTQ(**{**dataclasses.asdict(base.final), **final_changes(args)})
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     return dataclasses.replace(
-        base, task=dataclasses.replace(base.task, **changes), search=search, llm=llm, seed=seed,
+        base, task=dataclasses.replace(base.task, **changes), search=search, llm=llm, seed=seed, final=final,
         prompts_dir=args.prompts if args.prompts is not None else base.prompts_dir,
         sandbox=args.sandbox or base.sandbox,
         workers=args.workers if args.workers is not None else base.workers,

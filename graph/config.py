@@ -14,6 +14,7 @@ from pathlib import Path
 
 from agents.llm import LLMSettings
 from graph.controller import ControllerSettings
+from mpq.ptq_final import FinalPTQ
 from mpq.task import Task
 
 
@@ -61,6 +62,9 @@ class RunConfig:
     parent_run: str | None = None
     parent_generation: int | None = None
     """--branch: the run and generation this run starts from."""
+    final: FinalPTQ = field(default_factory=FinalPTQ)
+    """How the best allocation is quantized at the end (--final-ptq, --calib-final, --recon-iters,
+    --keep-first-last-8bit; mpq.ptq_final) and exported (mpq.export)."""
 
     @property
     def run_dir(self) -> Path:
@@ -77,6 +81,7 @@ class RunConfig:
         search["controller"] = ControllerSettings(**search["controller"])
         d["search"] = SearchSettings(**search)
         d["llm"] = LLMSettings(**d["llm"])
+        d["final"] = FinalPTQ(**d.get("final", {}))  # runs stored before the option: the default
         return cls(**d)
 
     def settings_dict(self) -> dict:

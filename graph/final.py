@@ -3,7 +3,10 @@
 * the layer table shown in the prompts (mpq.features.describe_layers);
 * the final measurement: the best proxy's allocation (layer -> bits, already
   computed in the sandbox) applied to the model, top-1 on the held-out test
-  split, next to full precision.
+  split, next to full precision;
+* the final model: that allocation quantized once more as the run's
+  ``FinalPTQ`` says (round-to-nearest or reconstruction) and exported
+  (``quantized.pt``, ``quantized.onnx``, ``export.json``; mpq.export).
 """
 from __future__ import annotations
 
@@ -43,3 +46,17 @@ class TaskModel:
         full = evaluate(quantizer.apply({}, act_quant=False), images, labels)
         return {"test_acc": quantized.top1, "test_loss": quantized.loss, "fp_test_acc": full.top1,
                 "test_images": quantized.images}
+
+    def final_model(self, bits: dict[str, int], settings, run_dir, budget_mb: float | None) -> dict:
+        """Quantize ``bits`` the final way, export it into ``run_dir``; what ``export.json`` holds."""
+        from pathlib import Path
+
+        from mpq.data import calibration_batch
+        from mpq.export import export_final
+
+        calib, _ = calibration_batch(self.splits, settings.calib_images(self.task.calib_size), settings.seed,
+                                     self.task.device)
+        test = self.splits.test
+        return export_final(self.model, self.task.model, self.splits.spec, bits, calib,
+                            test.normalized(self.task.device), test.labels.to(self.task.device), settings,
+                            Path(run_dir), self.task.act_bits, budget_mb)

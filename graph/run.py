@@ -193,6 +193,8 @@ def _finalize(state: SearchState, ctx: Context, task_model) -> dict:
         evaluation = ctx.store.get("evaluations", _evaluated_id(ctx, best))
         if evaluation:
             final["bops"] = evaluation.get("bops")
+        export = task_model.final_model(best["bits"], ctx.config.final, ctx.config.run_dir, best["size_mb"])
+        final["final_model"] = {k: v for k, v in export.items() if k != "bits"}
     final["outputs"] = write_outputs(ctx.config.run_dir, ctx.store, best, final)
     return final
 

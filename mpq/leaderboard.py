@@ -84,6 +84,11 @@ class LeaderboardConfig:
     seed: int = 0
     device: str = "cpu"
     cache_dir: str | None = None
+    final_ptq: str = "rtn"
+    """``reconstruct`` adds ``top1_test_reconstruct`` (mpq.ptq_leaderboard) to every row."""
+    calib_final: int = 1024
+    recon_iters: int = 2000
+    recon_seeds: tuple[int, ...] = (0,)
 
 
 # --------------------------------------------------------------------------- input checks
@@ -267,7 +272,7 @@ def run(cfg: LeaderboardConfig, user_scorer: UserScorer | None = None) -> dict:
     references = reference_rows(evaluator)
     rows = _all_rows(evaluator, baselines, files, user_scorer, cache_dir, cfg.budgets, bound)
     truth = evaluator.truth
-    return {
+    report = {
         "machine": machine_info(cfg.device),
         "config": dataclasses.asdict(cfg),
         "task": dataclasses.replace(task, budget=",".join(cfg.budgets)).to_dict(),
@@ -283,6 +288,23 @@ def run(cfg: LeaderboardConfig, user_scorer: UserScorer | None = None) -> dict:
         "reference": references,
         "rows": rows,
     }
+    if cfg.final_ptq == "reconstruct":
+        _reconstruct_column(report, cfg)
+    return report
+
+
+def _reconstruct_column(report: dict, cfg: LeaderboardConfig) -> None:
+    """Top-1 after reconstruction for every row (the final step of a run, mpq.reconstruct)."""
+    from mpq.ptq_leaderboard import add_reconstruct_column
+    from mpq.reconstruct import ReconConfig
+
+    log(f"reconstructing every allocation ({cfg.recon_iters} steps per block, {cfg.calib_final} images)")
+    splits = load_splits(cfg.dataset, cfg.data_root, cache_dir=cfg.cache_dir, seed=cfg.seed)
+    model = load_model(cfg.model, splits.spec, cfg.weights).to(cfg.device)
+    calib = {s: calibration_batch(splits, cfg.calib_final, s, cfg.device)[0] for s in cfg.recon_seeds}
+    test = splits.test.head(cfg.test_limit)
+    add_reconstruct_column(report, model, calib, test.normalized(cfg.device), test.labels.to(cfg.device),
+                           ReconConfig(iters=cfg.recon_iters, act_bits=cfg.act_bits))
 
 
 def _all_rows(evaluator: Evaluator, baselines: dict[str, str], files: dict[str, str],

@@ -11,10 +11,12 @@ from pathlib import Path
 import numpy as np
 
 COLUMNS = (("proxy", "{}", 12), ("rho_sens", "{:+.3f}", 8), ("cfg_tau", "{:+.3f}", 8),
-           ("top1_search", "{:.2%}", 11), ("top1_test", "{:.2%}", 9), ("phi", "{:.4f}", 7),
+           ("top1_search", "{:.2%}", 11), ("top1_test", "{:.2%}", 9), ("top1_recon", "{:.2%}", 10),
+           ("phi", "{:.4f}", 7),
            ("avg_bits", "{:.2f}", 8), ("size_MB", "{:.3f}", 8), ("score_s", "{:.3f}", 8),
            ("alloc_s", "{:.3f}", 8), ("eval_s", "{:.3f}", 7), ("total_s", "{:.2f}", 8))
-_KEYS = {"cfg_tau": "config_tau", "size_MB": "size_mb", "alloc_s": "allocate_s", "total_s": "evaluation_s"}
+_KEYS = {"cfg_tau": "config_tau", "size_MB": "size_mb", "alloc_s": "allocate_s", "total_s": "evaluation_s",
+         "top1_recon": "top1_test_reconstruct"}
 
 
 def _cell(row: dict, column: str, fmt: str) -> str:

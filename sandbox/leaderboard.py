@@ -77,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sandbox", choices=BACKEND_NAMES, default="auto", help="backend for --proxy files")
     p.add_argument("--timeout", type=float, default=Limits.timeout_s,
                    help="seconds one --proxy file may score (default: %(default)s)")
+    p.add_argument("--final-ptq", choices=("rtn", "reconstruct"), default="rtn",
+                   help="reconstruct: add top-1 after block reconstruction to every row (mpq.reconstruct)")
+    p.add_argument("--calib-final", type=int, default=1024, help="calibration images of the reconstruction")
+    p.add_argument("--recon-iters", type=int, default=2000, help="reconstruction steps per block")
+    p.add_argument("--recon-seeds", default="0", help="calibration seeds, comma separated (mean and spread)")
     p.add_argument("--json", dest="json_out", metavar="OUT", help="write the full report as JSON")
     return p
 
@@ -89,7 +94,8 @@ def config_from_args(args: argparse.Namespace) -> LeaderboardConfig:
         baselines=tuple(b.strip() for b in args.baselines.split(",") if b.strip()), act_bits=args.act_bits,
         calib_size=args.calib_size, eval_limit=args.eval_limit, test_limit=args.test_limit,
         config_samples=args.config_samples, seed=args.seed,
-        device=args.device, cache_dir=args.cache_dir)
+        device=args.device, cache_dir=args.cache_dir, final_ptq=args.final_ptq, calib_final=args.calib_final,
+        recon_iters=args.recon_iters, recon_seeds=tuple(int(s) for s in args.recon_seeds.split(",") if s))
 
 
 def main(argv: list[str] | None = None) -> int:

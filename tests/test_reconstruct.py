@@ -150,3 +150,18 @@ def test_top1_per_variant_counts_each_variant():
     top1 = top1_per_variant(stack_from_nets(nets, torch.device("cpu")), s.test_images, s.test_labels, 2)
     assert top1[0] == pytest.approx(evaluate(nets[0].to_module(), s.test_images, s.test_labels).top1)
     assert top1[0] > top1[1]
+
+
+def test_leaderboard_column_lands_in_the_rows_beside_round_to_nearest():
+    from mpq.ptq_leaderboard import add_reconstruct_column
+
+    s = tiny_setup()
+    names = _names(s.model, s.calib_images)
+    report = {"rows": [{"proxy": "a", "budget": "3avg", "bits": _w2_first_last_8(names), "top1_test": 0.5},
+                       {"proxy": "bad", "budget": "3avg", "error": "crashed"}]}
+    add_reconstruct_column(report, s.model, {0: s.calib_images, 1: s.search_images[:16]}, s.test_images,
+                           s.test_labels, ReconConfig(iters=5))
+    row = report["rows"][0]
+    assert 0 < row["top1_test_reconstruct"] <= 1 and row["top1_test_reconstruct_seeds"] == 2
+    assert row["top1_test_reconstruct_std"] >= 0 and "top1_test_reconstruct" not in report["rows"][1]
+    assert report["reconstruct"]["variants"] == 2 and report["reconstruct"]["seeds"] == [0, 1]

@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from mpq.ptq_stack import stack_model, stacked_layers, top1_per_variant  # noqa: F401  (re-exported for tools)
+from mpq.ptq_stack import stack_model, stacked_layers, top1_per_variant
 from mpq.reconstruct import ReconConfig, Variant, reconstruct_many
 
 

@@ -36,6 +36,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
 
 from agents.llm_errors import LLMConfigError, LLMUnavailable
+from agents.local_server import DEFAULT_SLOTS
 from agents.scripted import ScriptedChatModel, load_script
 
 __all__ = ["LLMConfigError", "LLMUnavailable", "LLMCallError", "LLMSettings", "LLMCallRecord", "LLMProvider",
@@ -187,8 +188,9 @@ class LocalProvider(LLMProvider):
     """The embedded offline model (agents.local_server), or a server already at ``base_url``."""
 
     kind = "local"
-    concurrent_calls = 1
-    """The embedded server answers one request at a time: queueing in the caller (not in the
+    concurrent_calls = DEFAULT_SLOTS
+    """As many calls in flight as the embedded server has slots (2: measured best on 2 cores,
+    benchmarks/results/local_llm_slots.json); queueing the rest in the caller (not in the
     server) keeps each call's client timeout for its own work."""
     defaults = {"max_tokens": 700, "timeout_s": 900.0, "retries": 0}
     """For the embedded model on 2 CPU cores (benchmarks/results/local_llm.json): an

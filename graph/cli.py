@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 
 from agents.llm import LLMConfigError, add_llm_arguments, settings_with_args
+from agents.prompts import default_prompt_set
 from graph.config import ConfigError, RunConfig, new_run_id
 from graph.controller import rule_names
 from graph.lineage import branch_point, resumed_config
@@ -115,6 +116,14 @@ def final_changes(args: argparse.Namespace) -> dict:
     return {k: v for k, v in given.items() if v is not None}
 
 
+def prompt_choice(given: str | None, base: str | None, llm_spec: str, fresh: bool) -> str | None:
+    """``--prompts`` if given; a new run without it gets its LLM's default set (compact for the
+    small local models, agents.prompts.default_prompt_set); a resumed or branched run keeps its own."""
+    if given is not None:
+        return given
+    return default_prompt_set(llm_spec) if fresh and base is None else base
+
+
 def apply_overrides(base: RunConfig, args: argparse.Namespace, fresh: bool) -> RunConfig:
     """``base`` with the options that were given; a branch (not fresh) keeps the parent's task."""
     changes = task_changes(args)
@@ -140,7 +149,7 @@ def apply_overrides(base: RunConfig, args: argparse.Namespace, fresh: bool) -> R
         raise ConfigError(str(err)) from None
     return dataclasses.replace(
         base, task=dataclasses.replace(base.task, **changes), search=search, llm=llm, seed=seed, final=final,
-        prompts_dir=args.prompts if args.prompts is not None else base.prompts_dir,
+        prompts_dir=prompt_choice(args.prompts, base.prompts_dir, llm.spec, fresh),
         sandbox=args.sandbox or base.sandbox,
         workers=args.workers if args.workers is not None else base.workers,
         eval_timeout_s=args.eval_timeout if args.eval_timeout is not None else base.eval_timeout_s,

@@ -31,9 +31,12 @@ import json
 import logging
 import math
 import os
+import signal
 import socket
 import threading
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 from sandbox.backend import SlotSpec
@@ -126,6 +129,8 @@ _state_lock = threading.Lock()
 _started_here = False
 """Whether this process started the Ray instance (then the last pool to close stops it)."""
 _live_actors: set = set()
+_keeper_stop = threading.Event()
+"""Ends the thread that started the local instance (after ``ray.shutdown``)."""
 _slots_asked = 0
 """Slots made by ``for_slot`` for the local instance: it offers them all, as the process backend would."""
 
@@ -145,10 +150,34 @@ def join_cluster(settings: RaySettings) -> str:
         # "local" starts a fresh instance even where RAY_ADDRESS points elsewhere; it offers at least a
         # CPU per slot asked, so that --workers N gives N slots here as with --sandbox process.
         cpus = None if settings.address else max(os.cpu_count() or 1, math.ceil(_slots_asked * settings.cpus_per_slot))
-        ray.init(address=settings.address or "local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.ERROR)  # no INFO/WARNING lines under the TUI
+        _init_on_keeper(dict(address=settings.address or "local", num_cpus=cpus, include_dashboard=False,
+                             log_to_driver=False, logging_level=logging.ERROR))  # no INFO/WARNING under the TUI
         _started_here = settings.address is None
         return f"Ray cluster at {settings.address}" if settings.address else "a local Ray instance started by the pool"
+
+
+def _init_on_keeper(options: dict) -> None:
+    """``ray.init`` on a thread that lives until ``pool_closed`` (or this process) ends. Ray ties
+    the local instance's processes to the *thread* that starts them (parent-death signal, as
+    ``sandbox.isolation.die_with_parent``): started on a slot thread, they would die with it,
+    raylet first, leaving its agents orphaned."""
+    import ray
+
+    started, failure = threading.Event(), []
+
+    def keep() -> None:
+        try:
+            ray.init(**options)
+        except BaseException as exc:  # noqa: BLE001 - raised again on the caller's thread
+            failure.append(exc)
+        started.set()
+        _keeper_stop.wait()
+
+    _keeper_stop.clear()
+    threading.Thread(target=keep, name="ray-instance", daemon=True).start()
+    started.wait()
+    if failure:
+        raise failure[0]
 
 
 def _remote_actor():
@@ -189,7 +218,13 @@ class RayLauncher:
         global _started_here, _slots_asked
         with _state_lock:
             if _started_here and not _live_actors and ray.is_initialized():
+                try:
+                    instance = _instance_processes()
+                except (OSError, ValueError, IndexError):  # no /proc: Ray's own shutdown only
+                    instance = {}
                 ray.shutdown()
+                _keeper_stop.set()
+                _end_leftovers(instance)
                 _started_here = False
                 _slots_asked = 0
 
@@ -258,6 +293,53 @@ class _ActorStream:
             pass
         with _state_lock:
             _live_actors.discard(self.actor)
+
+
+def _instance_processes() -> dict[int, str]:
+    """pid -> start time of every process of the local Ray instance this process started:
+    its children that run Ray's code, and all their descendants (agents, actor workers, slots)."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # after "(comm)": state, ppid, ..., starttime (22nd)
+        table[int(entry.name)] = (int(fields[1]), fields[19], b"/ray/" in cmdline or cmdline.startswith(b"ray::"))
+    ours = {pid for pid, (parent, _, is_ray) in table.items() if parent == os.getpid() and is_ray}
+    grown = True
+    while grown:
+        more = {pid for pid, (parent, _, _) in table.items() if parent in ours} - ours
+        ours |= more
+        grown = bool(more)
+    return {pid: table[pid][1] for pid in ours}
+
+
+def _end_leftovers(instance: dict[int, str], grace_s: float = 5.0) -> None:
+    """SIGKILL what ``ray.shutdown`` left of the instance (its dashboard and runtime-env agents
+    outlive the raylet for minutes otherwise), after ``grace_s``; a reused pid is spared."""
+    def alive() -> list[int]:
+        left = []
+        for pid, started in instance.items():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, ValueError, IndexError):
+                continue
+            if fields[19] == started and fields[0] != "Z":
+                left.append(pid)
+        return left
+
+    deadline = time.monotonic() + grace_s
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in alive():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def _settings(settings: object | None) -> RaySettings:

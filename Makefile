@@ -39,6 +39,7 @@ run: install
 	$(PY) -m graph.run $(RUN_ARGS)
 
 test: install
+	$(PY) -m ruff check .
 	$(PY) -m pytest
 
 clean-venv:

@@ -33,7 +33,8 @@ import torch
 
 from benchmarks.quantizer import machine
 from mpq.data import calibration_batch, load_splits
-from mpq.leaderboard import LeaderboardConfig, run as run_leaderboard
+from mpq.leaderboard import LeaderboardConfig
+from mpq.leaderboard import run as run_leaderboard
 from mpq.leaderboard_format import write_report
 from mpq.models import load_model
 from mpq.proxies import BASELINES

@@ -105,7 +105,7 @@ def allocate(scores: Sequence[float], params: Sequence[int], budget: Budget | st
 
     total_params = int(p.sum())
     bit_budget = budget.total_bits(total_params)
-    lowest = sum(p[l] * cand[int(np.argmax(allowed[l]))] for l in range(n))
+    lowest = sum(p[i] * cand[int(np.argmax(allowed[i]))] for i in range(n))
     highest = float(p.sum() * cand[-1])
     if bit_budget < lowest - 1e-6:
         raise AllocationError(
@@ -120,7 +120,7 @@ def allocate(scores: Sequence[float], params: Sequence[int], budget: Budget | st
         if macs is None:
             raise AllocationError("a BOPs budget needs the layers' MACs")
         bops_row = (np.asarray(macs, dtype=float)[:, None] * bits_grid * act_bits).ravel()
-        min_bops = float(sum(bops_row.reshape(n, k)[l][allowed[l]].min() for l in range(n)))
+        min_bops = float(sum(bops_row.reshape(n, k)[i][allowed[i]].min() for i in range(n)))
         if max_bops < min_bops * (1 - 1e-9):
             raise AllocationError(f"BOPs budget {max_bops:.4g} is infeasible: the minimum reachable is "
                                   f"{min_bops:.4g}, the maximum {float(bops_row.reshape(n, k).max(1).sum()):.4g}")
@@ -176,9 +176,9 @@ def _flush_c_stdout() -> None:
 def _allowed(n: int, cand: list[int], min_bits: Sequence[int | None] | None) -> np.ndarray:
     allowed = np.ones((n, len(cand)), dtype=bool)
     if min_bits is not None:
-        for l, floor in enumerate(min_bits):
+        for i, floor in enumerate(min_bits):
             if floor is not None:
-                allowed[l] = np.asarray(cand) >= min(floor, cand[-1])
+                allowed[i] = np.asarray(cand) >= min(floor, cand[-1])
     return allowed
 
 

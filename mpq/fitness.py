@@ -242,7 +242,7 @@ class Evaluator:
         s = normalize_scores(validate_scores(list(scores), len(self.layers)))
         noise = default_noise(len(s), self.task.bits)
         column = {b: j for j, b in enumerate(sorted(self.task.bits))}
-        predicted = [-float(sum(s[l] * noise[l, column[b]] for l, b in enumerate(cfg))) for cfg in bench.configs]
+        predicted = [-float(sum(s[i] * noise[i, column[b]] for i, b in enumerate(cfg))) for cfg in bench.configs]
         order = np.argsort(bench.avg_bits, kind="stable")
         groups = [order[i:i + CONFIG_GROUP] for i in range(0, len(order), CONFIG_GROUP)]
         within = [rank_correlation([predicted[i] for i in g], [bench.top1[i] for i in g], "kendall")

@@ -20,7 +20,7 @@ def brute_force(scores, params, bit_budget, cand, macs=None, max_bops=None, act_
             continue
         if max_bops is not None and sum(m * b * act_bits for m, b in zip(macs, bits)) > max_bops:
             continue
-        value = sum(s[l] * noise[l, j] for l, j in enumerate(choice))
+        value = sum(s[i] * noise[i, j] for i, j in enumerate(choice))
         if best is None or value < best:
             best = value
     return best

@@ -2,11 +2,11 @@
 import math
 
 import pytest
+from mpq_tiny import tiny_setup
 
 from mpq.fitness import Evaluator, rank_correlation
 from mpq.proxy import ProxyError, load_proxy
 from mpq.task import Task
-from mpq_tiny import tiny_setup
 
 
 @pytest.fixture(scope="module")

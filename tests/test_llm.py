@@ -14,7 +14,7 @@ from agents.llm import (
     make_llm,
     open_llm,
 )
-from agents.scripted import ScriptError, ScriptedChatModel, load_script
+from agents.scripted import ScriptedChatModel, ScriptError, load_script
 
 
 def _free_port() -> int:

@@ -1,11 +1,21 @@
 """Quantizer: fake-quant numerics, BN folding, clipping, bias correction, evaluation."""
 import pytest
 import torch
+from mpq_tiny import tiny_cnn, tiny_setup
 from torch import nn
 
-from mpq.quant import (QuantConfig, Quantizer, channel_scales, evaluate, fake_quant_activation,
-                       fake_quant_per_channel, fold_batchnorm, quantizable_layers, quantize_model, quantize_weight)
-from mpq_tiny import tiny_cnn, tiny_setup
+from mpq.quant import (
+    QuantConfig,
+    Quantizer,
+    channel_scales,
+    evaluate,
+    fake_quant_activation,
+    fake_quant_per_channel,
+    fold_batchnorm,
+    quantizable_layers,
+    quantize_model,
+    quantize_weight,
+)
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])

@@ -11,8 +11,16 @@ from mpq.ptq_leaderboard import Allocation, reconstruct_allocations, stack_from_
 from mpq.ptq_model import from_quantizer
 from mpq.ptq_stack import StackError, set_mode, stacked_layers, top1_per_variant
 from mpq.quant import QuantConfig, Quantizer, evaluate, fold_batchnorm, quantizable_layers
-from mpq.reconstruct import (ReconConfig, ReconstructionError, Variant, _prepare, chain_links, find_blocks,
-                             reconstruct, reconstruct_many)
+from mpq.reconstruct import (
+    ReconConfig,
+    ReconstructionError,
+    Variant,
+    _prepare,
+    chain_links,
+    find_blocks,
+    reconstruct,
+    reconstruct_many,
+)
 from tests.mpq_tiny import tiny_setup
 
 

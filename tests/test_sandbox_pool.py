@@ -12,13 +12,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from sandbox_hostile import ALIVE, CANARIES, SECRET, SECRET_FILE
 
 from mpq.task import Task
 from sandbox.gate import GateRejection, check_source
 from sandbox.pool import EvaluatorPool, PoolError
 from sandbox.process_backend import namespace_support
 from sandbox.protocol import Limits
-from sandbox_hostile import ALIVE, CANARIES, SECRET, SECRET_FILE
 
 HOSTILE = Path(__file__).parent / "hostile"
 TASK = Task(dataset="embedded", eval_limit=32)

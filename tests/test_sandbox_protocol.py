@@ -193,7 +193,7 @@ def test_every_backend_is_one_registered_class():
     from sandbox.backend import Launcher
     from sandbox.pool import BACKEND_NAMES, BACKENDS
 
-    assert BACKEND_NAMES == ("auto", *BACKENDS) and set(BACKENDS) == {"process", "docker"}
+    assert BACKEND_NAMES == ("auto", *BACKENDS) and set(BACKENDS) == {"process", "docker", "ray"}
     for name, launcher in BACKENDS.items():
         assert launcher.name == name
         assert all(callable(getattr(launcher, m)) for m in ("availability", "for_slot", "start", "notes"))

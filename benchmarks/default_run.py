@@ -12,7 +12,9 @@ share of candidates that ended with an evaluated fitness (after the critic's
 repairs) and the first-pass share; the best fitness against the best human
 proxy's on the same search split; the load average, since the two cores may be
 shared. ``--resume`` continues an interrupted run (figures then cover the
-resumed part only, and say so).
+resumed part only, and say so). ``--summarize`` writes what an unfinished run
+has done so far (from its database alone: LLM calls, candidates, elapsed time)
+without running anything.
 """
 from __future__ import annotations
 
@@ -72,6 +74,21 @@ def candidate_outcomes(db: Path) -> dict:
     return dict(per)
 
 
+def progress_of(db: Path) -> dict:
+    """What a run (finished or not) has done, from its database alone."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    first, last, calls, latency, failed = conn.execute(
+        "SELECT MIN(created), MAX(created), COUNT(*), AVG(latency_s), "
+        "SUM(CASE WHEN error IS NOT NULL AND error != '' THEN 1 ELSE 0 END) FROM llm_calls").fetchone()
+    evaluations, best = conn.execute(
+        "SELECT COUNT(*), MAX(CASE WHEN status = 'ok' THEN phi END) FROM evaluations").fetchone()
+    generations = conn.execute("SELECT COUNT(*) FROM generations").fetchone()[0]
+    conn.close()
+    return {"generations_done": generations, "llm_calls": calls, "llm_calls_failed": failed,
+            "llm_latency_mean_s": latency, "evaluations": evaluations, "best_phi": best,
+            "seconds_first_to_last_llm_call": (last - first) if first is not None else None}
+
+
 def best_human_phi() -> dict | None:
     if not HUMAN_LEADERBOARD.is_file():
         return None
@@ -90,8 +107,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--runs-dir", default="runs")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/default_run.json"))
+    parser.add_argument("--summarize", action="store_true", help="only describe the run's progress so far")
     parser.add_argument("extra", nargs="*", help="more graph.run arguments (after --)")
     args = parser.parse_args(argv)
+    if args.summarize:
+        db = ROOT / args.runs_dir / args.run_id / "run.db"
+        if not db.is_file():
+            print(f"error: no run database at {db}", file=sys.stderr)
+            return 2
+        result = {"machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                              "load_avg_now": os.getloadavg()},
+                  "run_id": args.run_id, "finished": False, "progress": progress_of(db),
+                  "templates": candidate_outcomes(db), "best_human": best_human_phi()}
+        Path(args.out).write_text(json.dumps(result, indent=1))
+        print(json.dumps(result, indent=1))
+        return 0
     command = [sys.executable, "-m", "graph.run", "--no-tui", "--json", "--runs-dir", args.runs_dir]
     command += ["--resume", args.run_id] if args.resume else ["--run-id", args.run_id]
     command += args.extra

@@ -44,6 +44,17 @@ def union_seconds(spans: list[tuple[float, float]]) -> float:
     return total
 
 
+def busy_spans(db: Path) -> dict[str, list[tuple[float, float]]]:
+    """Busy intervals from the run's database (``graph.run --json`` drops its in-memory spans):
+    an LLM call ends at ``created`` after ``latency_s``; an evaluation at ``finished`` after ``wall_s``."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    llm = conn.execute("SELECT created - latency_s, created FROM llm_calls WHERE latency_s IS NOT NULL").fetchall()
+    evaluation = conn.execute("SELECT finished - wall_s, finished FROM evaluations "
+                              "WHERE finished IS NOT NULL AND wall_s > 0").fetchall()
+    conn.close()
+    return {"llm": llm, "eval": evaluation}
+
+
 def candidate_outcomes(db: Path) -> dict:
     """Per template: candidates, how many ended with status ok, and how many on the first try."""
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
@@ -134,11 +145,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: graph.run exited with {done.returncode}", file=sys.stderr)
         return 2
     summary = json.loads(done.stdout[done.stdout.index("{"):])
-    spans = summary.get("spans", {})
-    llm, evaluation = spans.get("llm", []), spans.get("eval", [])
+    db = ROOT / args.runs_dir / args.run_id / "run.db"
+    spans = busy_spans(db)
+    llm, evaluation = spans["llm"], spans["eval"]
     llm_s, eval_s = union_seconds(llm), union_seconds(evaluation)
     busy_s = union_seconds(llm + evaluation)
-    db = ROOT / args.runs_dir / args.run_id / "run.db"
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     best_phi = conn.execute("SELECT MAX(phi) FROM evaluations WHERE status = 'ok'").fetchone()[0]
     conn.close()

@@ -8,7 +8,8 @@ steps) and :func:`repair_loop` for callers without a graph (benchmarks).
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from langchain_core.language_models import BaseChatModel
@@ -21,6 +22,8 @@ from agents.prompts import PromptSet
 from agents.runner import draft
 
 DEFAULT_MAX_REPAIRS = 2
+# mpq.proxy.load_proxy compiles a proxy as "<proxy>", so its traceback frames name this file.
+_PROXY_FRAME = re.compile(r'File "<proxy>", line (\d+)')
 
 
 def repair(
@@ -31,8 +34,27 @@ def repair(
     The result's operator is ``repair`` and its parent the failed code's
     ast_hash. Raises DraftError / LLMCallError.
     """
-    values = {**shared_values(ctx), "code": code.strip(), "error": str(failure).strip()}
+    error = explain_failure(code.strip(), failure, prompts.error_hints)
+    values = {**shared_values(ctx), "code": code.strip(), "error": error}
     return draft(llm, prompts, "critic", values, "repair", (ast_hash(code),), agent="critic")
+
+
+def explain_failure(code: str, failure: EvalFailure | str, hints: Sequence[tuple[str, str]]) -> str:
+    """The error as the critic is shown it: the sandbox's message, then the line of ``code``
+    that raised (the innermost ``<proxy>`` frame) and the first hint whose pattern matches.
+
+    Small models repair a named line far more often than a traceback (session 2: the 1.5B
+    model's critic re-submitted the same ``float(tensor)`` twice in three of five repairs)."""
+    text = str(failure).strip()
+    notes = []
+    frames = _PROXY_FRAME.findall(text)
+    lines = code.splitlines()
+    if frames and 1 <= int(frames[-1]) <= len(lines):
+        notes.append(f"The line that failed: `{lines[int(frames[-1]) - 1].strip()}`")
+    hint = next((h for pattern, h in hints if re.search(pattern, text)), None)
+    if hint:
+        notes.append(f"Hint: {hint}")
+    return "\n".join([text, *notes])
 
 
 @dataclass(frozen=True)

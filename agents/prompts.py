@@ -18,17 +18,26 @@ attributes); and
 ``ideas`` lists the idea families (``- `` items) that
 :attr:`PromptSet.idea_families` returns (a set without one uses
 ``prompts/ideas.md``); each init draft of a generation gets a different one
-through ``{{idea}}`` (agents.proposer.propose).
+through ``{{idea}}`` (agents.proposer.propose); ``hints`` lists, for errors the
+sandbox reports, one hint each that the critic is shown with the error
+(:attr:`PromptSet.error_hints`; a set without one uses ``prompts/hints.md``).
+
+:attr:`PromptSet.shown_proxies` holds the AST hash of every proxy the prompts
+show (their python blocks) and of every human baseline in ``mpq/proxies``: a
+draft that merely copies one is not a discovery, and agents.runner rejects it.
 """
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping
 
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
+
+from agents.dedupe import ast_hash
 
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "prompts"
 # Named sets for --prompts (anything else is taken as a folder path).
@@ -41,9 +50,12 @@ CONTRACT_HEADING = "## The proxy contract"
 SNIPPETS = ("skeleton", "examples")
 CONTRACT_FILE = "contract"
 IDEAS_FILE = "ideas"
+HINTS_FILE = "hints"
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _IDEA_ITEM = re.compile(r"^\s*[-*]\s+(\S.*?)\s*$", re.MULTILINE)
+_HINT_ITEM = re.compile(r"^\s*[-*]\s+`([^`]+)`\s*:\s*(\S.*?)\s*$", re.MULTILINE)
+_PYTHON_BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
 _SHARED = {"task", "layers", "layers_summary", "library", "contract", *SNIPPETS}
 _PARENT = {"parent_code", "parent_reasoning", "parent_fitness"}
 _PARENTS = {f"parent_{ab}_{part}" for ab in "ab" for part in ("code", "reasoning", "fitness")}
@@ -74,6 +86,10 @@ class PromptSet:
     """Contents of the set's optional ``skeleton`` / ``examples`` files."""
     idea_families: tuple[str, ...] = ()
     """The ``- `` items of the set's ``ideas`` file (else prompts/ideas.md), in file order."""
+    error_hints: tuple[tuple[str, str], ...] = ()
+    """(regular expression, hint) pairs of the set's ``hints`` file (else prompts/hints.md)."""
+    shown_proxies: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    """AST hash -> where it is shown, for every proxy in the prompts and every human baseline."""
 
     @classmethod
     def load(cls, directory: str | Path | None = None, readme: str | Path | None = None) -> "PromptSet":
@@ -90,7 +106,9 @@ class PromptSet:
         families = read_idea_families(directory)
         digest = _read_optional(directory, CONTRACT_FILE)
         contract = digest.strip() if digest is not None else read_contract(readme)
-        return cls(directory, MappingProxyType(templates), contract, MappingProxyType(snippets), families)
+        shown = shown_proxies({**templates, **snippets, CONTRACT_FILE: contract})
+        return cls(directory, MappingProxyType(templates), contract, MappingProxyType(snippets), families,
+                   read_error_hints(directory), MappingProxyType(shown))
 
     def render(self, template: str, **values: str) -> str:
         """``template`` with its placeholders filled (``contract`` and the snippets are supplied)."""
@@ -174,9 +192,40 @@ def read_idea_families(directory: Path) -> tuple[str, ...]:
     return ()
 
 
+def read_error_hints(directory: Path) -> tuple[tuple[str, str], ...]:
+    """The ``- `pattern`: hint`` items of ``directory``'s hints file, else of the project's."""
+    for folder in (directory, DEFAULT_DIR):
+        text = _read_optional(folder, HINTS_FILE)
+        if text is None:
+            continue
+        hints = tuple(_HINT_ITEM.findall(text))
+        for pattern, _ in hints:
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise PromptError(f"{folder}/{HINTS_FILE}: bad pattern `{pattern}`: {err}") from None
+        return hints
+    return ()
+
+
+def shown_proxies(texts: Mapping[str, str]) -> dict[str, str]:
+    """AST hash -> a description, for each human baseline and each python block of ``texts``
+    (name -> text): the proxies a draft must not merely copy."""
+    shown = {ast_hash(path.read_text(encoding="utf-8")): f"the human baseline {path.stem} (mpq/proxies/{path.name})"
+             for path in _baseline_files()}
+    for name, text in texts.items():
+        for block in _PYTHON_BLOCK.findall(text):
+            shown.setdefault(ast_hash(block), f"the example proxy shown in the prompt ({name})")
+    return shown
+
+
+def _baseline_files() -> Iterable[Path]:
+    return sorted(p for p in (_mpq_dir() / "proxies").glob("*.py") if p.name != "__init__.py")
+
+
 def read_contract(readme: str | Path | None = None) -> str:
     """The "The proxy contract" section of mpq/README.md (up to the next ``## ``)."""
-    path = Path(readme) if readme is not None else _mpq_readme()
+    path = Path(readme) if readme is not None else _mpq_dir() / "README.md"
     if not path.is_file():
         raise PromptError(f"proxy contract not found: {path}")
     text = path.read_text(encoding="utf-8")
@@ -188,11 +237,11 @@ def read_contract(readme: str | Path | None = None) -> str:
     return body[: end.start() if end else None].strip()
 
 
-def _mpq_readme() -> Path:
+def _mpq_dir() -> Path:
     # Located without importing mpq (which would import torch).
     import importlib.util
 
     spec = importlib.util.find_spec("mpq")
     if spec is None or not spec.submodule_search_locations:
-        raise PromptError("package mpq not found: cannot read the proxy contract")
-    return Path(next(iter(spec.submodule_search_locations))) / "README.md"
+        raise PromptError("package mpq not found: cannot read the proxy contract or the baselines")
+    return Path(next(iter(spec.submodule_search_locations)))

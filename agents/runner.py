@@ -22,7 +22,9 @@ def draft(
     """Ask ``llm`` with ``template`` and parse the answer into a ProxyDraft.
 
     Raises DraftError (with ``record`` set) when the response holds no usable
-    proxy, and agents.llm.LLMCallError when the call itself failed.
+    proxy or only copies one the prompts show or a human baseline
+    (``PromptSet.shown_proxies``), and agents.llm.LLMCallError when the call
+    itself failed.
     """
     messages = prompts.messages(template, **values)
     text, record = call_llm(llm, messages, agent=agent, template=template)
@@ -32,4 +34,7 @@ def draft(
         err.record = record
         raise
     proxy = ProxyDraft(parsed.reasoning, parsed.code, operator, parents, ast_hash(parsed.code))
+    copied = prompts.shown_proxies.get(proxy.ast_hash)
+    if copied:  # a copy is no discovery (session 2's best "discovered" proxy was the SNIP example)
+        raise DraftError(f"this is {copied}, unchanged: write a proxy of your own", text, parsed.code, record)
     return proxy, record

@@ -212,13 +212,8 @@ def rss_peak_mb(pid: int | None) -> float | None:
 
 def known_hashes(prompts) -> set[str]:
     """AST hashes a draft must not merely copy: the human baselines and every
-    python block the prompt set shows (examples, skeleton, contract example)."""
-    from agents.dedupe import ast_hash
-    from mpq.proxies import BASELINES
-
-    texts = [prompts.contract, *prompts.snippets.values(), *prompts.templates.values()]
-    blocks = [b for t in texts for b in re.findall(r"```python\n(.*?)```", t, re.DOTALL)]
-    return {ast_hash(Path(p).read_text()) for p in BASELINES.values()} | {ast_hash(b) for b in blocks}
+    python block the prompt set shows (agents.prompts.PromptSet.shown_proxies)."""
+    return set(prompts.shown_proxies)
 
 
 def run(cfg: BenchConfig) -> dict:

@@ -98,7 +98,8 @@ def _first_draft(tmp_path, prompts):
 
 def test_repair_loop_stops_after_r_tries(tmp_path, prompts):
     candidate = _first_draft(tmp_path, prompts)
-    fixes = [f"Fix {i}.\n{F}python\ndef score(layer):\n    return {i}.0\n{F}" for i in range(5)]
+    # constants other than 1.0, which would be the uniform baseline (a copy: rejected)
+    fixes = [f"Fix {i}.\n{F}python\ndef score(layer):\n    return {i}.5\n{F}" for i in range(5)]
     evaluated = []
 
     def always_fails(code):
@@ -108,7 +109,7 @@ def test_repair_loop_stops_after_r_tries(tmp_path, prompts):
     outcome = repair_loop(scripted(tmp_path, fixes), prompts, CTX, candidate, always_fails, max_repairs=2)
     assert outcome.repairs == 2 and len(outcome.records) == 2 and len(evaluated) == 3
     assert outcome.failure.reason == "ValueError: attempt 3"
-    assert outcome.draft.code == "def score(layer):\n    return 1.0"
+    assert outcome.draft.code == "def score(layer):\n    return 1.5"
     assert "ValueError: attempt 2" in outcome.records[1].prompt  # the latest error is shown
 
 
@@ -164,3 +165,68 @@ def test_propose_fills_the_idea_family_into_init(tmp_path, prompts):
     assert family in record.prompt
     _, record = propose(scripted(tmp_path, [GOOD]), prompts, CTX)
     assert NO_IDEA in record.prompt and family not in record.prompt
+
+
+# -- copies of shown proxies, and what the critic is told --------------------------------
+COMPACT = PromptSet.load("compact")
+SNIP_EXAMPLE_RENAMED = (  # the compact set's SNIP example, renamed and commented: still a copy
+    "import torch\n\n\ndef score(lay):\n    # saliency\n    weights = lay.weight.detach().double()\n"
+    "    if lay.grad is None:\n        return float(weights.norm()) + 1e-12\n"
+    "    return float((weights * lay.grad.double()).abs().sum()) + 1e-12\n")
+
+
+def _answer(code):
+    return f"My own idea.\n{F}python\n{code}\n{F}"
+
+
+def test_a_copy_of_a_prompt_example_is_rejected_with_its_code(tmp_path):
+    with pytest.raises(DraftError, match="example proxy shown in the prompt.*unchanged") as err:
+        propose(scripted(tmp_path, [_answer(SNIP_EXAMPLE_RENAMED)]), COMPACT, CTX)
+    assert err.value.code.strip() == SNIP_EXAMPLE_RENAMED.strip()  # handed to the critic
+    assert err.value.record.template == "init"
+
+
+def test_a_copy_of_a_human_baseline_is_rejected_and_a_variant_is_not(tmp_path):
+    from pathlib import Path
+
+    import mpq.proxies
+
+    baseline = (Path(mpq.proxies.__file__).parent / "weight_norm.py").read_text()
+    with pytest.raises(DraftError, match="human baseline weight_norm"):
+        propose(scripted(tmp_path, [_answer(baseline)]), COMPACT, CTX)
+    variant = SNIP_EXAMPLE_RENAMED.replace(".abs().sum()", ".pow(2).sum()")  # Fisher-like: a new proxy
+    draft, _ = propose(scripted(tmp_path, [_answer(variant)]), COMPACT, CTX)
+    assert "pow(2)" in draft.code
+
+
+def test_the_critic_is_shown_the_failing_line_and_a_hint(tmp_path):
+    import torch
+
+    from mpq.proxy import ProxyError, load_proxy
+
+    broken = "import torch\n\n\ndef score(layer):\n    w = layer.weight\n    return float(w * 2)\n"
+    layer = type("Layer", (), {"weight": torch.ones(3, 2)})()
+    with pytest.raises(ProxyError) as err:  # the real loader's message and traceback
+        load_proxy(broken)([layer])
+    failure = EvalFailure(err.value.reason, err.value.traceback_tail)
+    _, record = repair(scripted(tmp_path, [GOOD]), COMPACT, CTX, broken, failure)
+    assert "The line that failed: `return float(w * 2)`" in record.prompt
+    assert "Hint: `float(t)` needs a tensor with ONE value" in record.prompt
+
+
+def test_hints_come_from_the_set_or_the_project(prompt_dir_with_hints):
+    custom, project = PromptSet.load(prompt_dir_with_hints), PromptSet.load("compact")
+    assert custom.error_hints == (("KeyError", "look the key up first"),)
+    assert any("only one element" in pattern for pattern, _ in project.error_hints)
+
+
+@pytest.fixture
+def prompt_dir_with_hints(tmp_path):
+    import shutil
+
+    from agents.prompts import DEFAULT_DIR
+
+    folder = tmp_path / "set"
+    shutil.copytree(DEFAULT_DIR / "compact", folder)
+    (folder / "hints.md").write_text("Comment line.\n- `KeyError`: look the key up first\n")
+    return folder

@@ -89,6 +89,9 @@ class LeaderboardConfig:
     calib_final: int = 1024
     recon_iters: int = 2000
     recon_seeds: tuple[int, ...] = (0,)
+    calib_seeds: tuple[int, ...] = ()
+    """RTN test top-1 of every row again with the calibration batch of each of these seeds, the
+    allocations unchanged (``top1_test_calib*``, mpq.leaderboard_calib); () = not measured."""
 
 
 # --------------------------------------------------------------------------- input checks
@@ -288,9 +291,27 @@ def run(cfg: LeaderboardConfig, user_scorer: UserScorer | None = None) -> dict:
         "reference": references,
         "rows": rows,
     }
+    if cfg.calib_seeds:
+        _calib_seed_columns(report, cfg)
     if cfg.final_ptq == "reconstruct":
         _reconstruct_column(report, cfg)
     return report
+
+
+def _calib_seed_columns(report: dict, cfg: LeaderboardConfig) -> None:
+    """RTN top-1 of every row under each calibration seed's images (mpq.leaderboard_calib)."""
+    from mpq.leaderboard_calib import attach_calib_columns, calib_seed_top1
+
+    log(f"round-to-nearest with the calibration images of seeds {', '.join(map(str, cfg.calib_seeds))}")
+    splits = load_splits(cfg.dataset, cfg.data_root, cache_dir=cfg.cache_dir, seed=cfg.seed)
+    model = load_model(cfg.model, splits.spec, cfg.weights).to(cfg.device)
+    calib = {s: calibration_batch(splits, cfg.calib_size, s, cfg.device)[0] for s in cfg.calib_seeds}
+    test = splits.test.head(cfg.test_limit)
+    rows = [r for r in report["rows"] if "error" not in r]
+    measured = calib_seed_top1(model, calib, rows, test.normalized(cfg.device), test.labels.to(cfg.device),
+                               cfg.act_bits)
+    attach_calib_columns(rows, measured)
+    report["calib_seeds"] = {"seeds": list(cfg.calib_seeds), "calib_images": cfg.calib_size}
 
 
 def _reconstruct_column(report: dict, cfg: LeaderboardConfig) -> None:

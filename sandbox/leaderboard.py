@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-final", type=int, default=1024, help="calibration images of the reconstruction")
     p.add_argument("--recon-iters", type=int, default=2000, help="reconstruction steps per block")
     p.add_argument("--recon-seeds", default="0", help="calibration seeds, comma separated (mean and spread)")
+    p.add_argument("--calib-seeds", default="",
+                   help="RTN top-1 again with the calibration images of these seeds, allocations unchanged "
+                        "(comma separated; mean and spread per row)")
     p.add_argument("--json", dest="json_out", metavar="OUT", help="write the full report as JSON")
     return p
 
@@ -95,7 +98,8 @@ def config_from_args(args: argparse.Namespace) -> LeaderboardConfig:
         calib_size=args.calib_size, eval_limit=args.eval_limit, test_limit=args.test_limit,
         config_samples=args.config_samples, seed=args.seed,
         device=args.device, cache_dir=args.cache_dir, final_ptq=args.final_ptq, calib_final=args.calib_final,
-        recon_iters=args.recon_iters, recon_seeds=tuple(int(s) for s in args.recon_seeds.split(",") if s))
+        recon_iters=args.recon_iters, recon_seeds=tuple(int(s) for s in args.recon_seeds.split(",") if s),
+        calib_seeds=tuple(int(s) for s in args.calib_seeds.split(",") if s.strip()))
 
 
 def main(argv: list[str] | None = None) -> int:

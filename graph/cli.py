@@ -18,6 +18,7 @@ from graph.lineage import branch_point, resumed_config
 from graph.plan import SEED_POPULATIONS
 from graph.validate import parse_bits, validate
 from mpq.data import DATASET_NAMES
+from mpq.fitness_ptq import FITNESS_PTQ_MODES
 from mpq.ptq_final import FINAL_PTQ_MODES, FinalPTQ
 from sandbox.pool import BACKEND_NAMES
 
@@ -48,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     task_option("--calibration", "calib_size", "calibration images (default: 16)", type=int)
     task_option("--eval-limit", "eval_limit", "cap on search-split images for acc_quant", type=int)
     task_option("--device", "device", "cpu | cuda (default: cpu)")
+    task_option("--fitness-ptq", "fitness_ptq", "acc_quant after round-to-nearest (the paper's) or a short block "
+                "reconstruction, BRECQ/AdaRound (default: rtn)", choices=FITNESS_PTQ_MODES)
+    task_option("--fitness-recon-iters", "fitness_recon_iters",
+                "reconstruction steps per block of the reconstruct fitness (default: 100)", type=int)
+    task_option("--fitness-calib", "fitness_calib",
+                "training images the reconstruct fitness reconstructs on (default: 256)", type=int)
     search = p.add_argument_group("search")
     search.add_argument("--generations", type=int, help="T (default: 5)")
     search.add_argument("--population", type=int, help="N (default: 8)")

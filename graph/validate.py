@@ -4,6 +4,7 @@ from __future__ import annotations
 from agents.llm import LLMConfigError, provider_for
 from graph.config import ConfigError, RunConfig
 from mpq.data import SHIPPED_DATASETS
+from mpq.fitness_ptq import check_fitness_task
 
 
 def validate(config: RunConfig, fresh: bool) -> None:
@@ -26,6 +27,10 @@ def validate(config: RunConfig, fresh: bool) -> None:
         raise ConfigError("--workers must be >= 1")
     if not 0.0 <= t.alpha <= 1.0:
         raise ConfigError(f"--alpha {t.alpha}: expected 0..1")
+    try:
+        check_fitness_task(t)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     if t.dataset not in SHIPPED_DATASETS and not t.data_root:
         raise ConfigError(f"--dataset {t.dataset} needs --data-root DIR")
     try:

@@ -8,7 +8,9 @@
   no ranking information), so phi stays finite.
 - ``acc_quant``: top-1 (0..1) on the search split of the model quantized with
   the allocation (mpq.allocate) that the proxy's scores give at the task's
-  budget, activations at ``task.act_bits``.
+  budget, activations at ``task.act_bits``; quantized by round-to-nearest (the
+  paper) or, with ``task.fitness_ptq="reconstruct"``, after a short block
+  reconstruction (mpq.fitness_ptq).
 
 The ``Evaluator`` loads model, data, calibration batch, features and ground
 truth once; each ``evaluate(source)`` then costs one proxy call, one integer
@@ -17,7 +19,6 @@ program, one weight swap and one pass over the search split.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +31,9 @@ from torch import nn
 
 from mpq.allocate import Allocation, allocate, default_noise, normalize_scores
 from mpq.budget import parse_budget
-from mpq.cache import cached_json, weights_hash
+from mpq.cache import cached_json, tensor_digest, weights_hash
 from mpq.features import LayerFeatures, describe_layers, extract_features  # noqa: F401 (re-exported)
+from mpq.fitness_ptq import AccuracyOfBits, FitnessParts, accuracy_measure
 from mpq.proxy import load_proxy, validate_scores
 from mpq.quant import EvalResult, QuantConfig, Quantizer, evaluate
 from mpq.task import Task
@@ -53,7 +55,8 @@ class FitnessResult:
     avg_bits: float
     bops: float
     timings: dict[str, float] = field(default_factory=dict)
-    """score_s, allocate_s, quantize_s, eval_s (seconds)."""
+    """score_s, allocate_s, quantize_s, eval_s (seconds); a ``reconstruct`` fitness adds
+    reconstruct_s (= quantize_s) and cached (1.0 when the allocation's accuracy was known)."""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -84,11 +87,10 @@ def _synchronize(device: str) -> None:
         torch.cuda.synchronize(torch.device(device))
 
 
-def _tensor_digest(*tensors: torch.Tensor) -> str:
-    h = hashlib.sha256()
-    for t in tensors:
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:24]
+def _first_images(images: torch.Tensor, n: int) -> torch.Tensor:
+    if not 0 < n <= images.shape[0]:
+        raise ValueError(f"fitness calibration size must be in 1..{images.shape[0]}, got {n}")
+    return images[:n]
 
 
 class Evaluator:
@@ -103,6 +105,7 @@ class Evaluator:
         model = load_model(task.model, splits.spec, task.weights)
         calib_images, calib_labels = calibration_batch(splits, task.calib_size, task.seed, task.device)
         search = splits.val.head(task.eval_limit)
+        self._calibration = lambda n: calibration_batch(splits, n, task.seed, task.device)[0]
         self._setup(task, model, calib_images, calib_labels, search.normalized(task.device),
                     search.labels.to(task.device), cache_dir, quant_config, progress, config_samples)
         self._test_set = splits.test
@@ -112,10 +115,16 @@ class Evaluator:
                    search_images: torch.Tensor, search_labels: torch.Tensor,
                    test_images: torch.Tensor | None = None, test_labels: torch.Tensor | None = None,
                    cache_dir: Path | None = None, quant_config: QuantConfig | None = None,
-                   progress: Progress = None, config_samples: int = CONFIG_SAMPLES) -> "Evaluator":
-        """An Evaluator on tensors given directly (normalized float images); for tests and tools."""
+                   progress: Progress = None, config_samples: int = CONFIG_SAMPLES,
+                   fitness_calib_images: torch.Tensor | None = None) -> "Evaluator":
+        """An Evaluator on tensors given directly (normalized float images); for tests and tools.
+
+        ``fitness_calib_images``: the images a ``reconstruct`` fitness reconstructs on (their first
+        ``task.fitness_calib``); default: the calibration images."""
         self = cls.__new__(cls)
         limit = task.eval_limit
+        pool = calib_images if fitness_calib_images is None else fitness_calib_images
+        self._calibration = lambda n: _first_images(pool, n).to(task.device)
         self._setup(task, model, calib_images.to(task.device), calib_labels.to(task.device),
                     search_images[:limit].to(task.device), search_labels[:limit].to(task.device),
                     cache_dir, quant_config, progress, config_samples)
@@ -142,7 +151,7 @@ class Evaluator:
         self.search_images, self.search_labels = search_images, search_labels
         self._cache_key = {
             "model": task.model, "weights": weights_hash(model), "dataset": task.dataset,
-            "search": _tensor_digest(search_images, search_labels), "calib": _tensor_digest(calib_images),
+            "search": tensor_digest(search_images, search_labels), "calib": tensor_digest(calib_images),
             "quant": dataclasses.asdict(self.quant_config),
         }
         self._allocate([1.0] * len(self.layers))  # an infeasible budget fails here, not per proxy
@@ -154,6 +163,19 @@ class Evaluator:
             lambda: measure_sensitivity(self.quantizer, search_images, search_labels, TRUTH_BITS,
                                         progress=progress).to_dict()))
         self._configs: ConfigBenchmark | None = None
+        self.accuracy: AccuracyOfBits = accuracy_measure(FitnessParts(
+            task=task, model=model, quantizer=self.quantizer, search_images=search_images,
+            search_labels=search_labels, base_key=self._cache_key, calibration=self._calibration,
+            cache_dir=cache_dir))
+
+    @property
+    def cache_key(self) -> dict:
+        """What this evaluator's cached results (ground truth, configuration benchmark) are keyed on:
+        model, weights, data, calibration images, quantizer. The fitness's PTQ (``task.fitness_ptq``)
+        is not in it: the ground truth measures layers, not the candidate's allocation, so the
+        shipped default-task files serve both fitnesses. A reconstructed acc_quant has its own key
+        (``self.accuracy.cache_key``)."""
+        return dict(self._cache_key)
 
     # ------------------------------------------------------------------ fitness
 
@@ -184,17 +206,12 @@ class Evaluator:
         rho = rank_correlation(scores, self.truth.sensitivity)
         allocation = self._allocate(scores)
         bits = dict(zip(self.names, allocation.bits))
-        start = time.perf_counter()
-        model = self.quantizer.apply(bits)
-        quantize_s = time.perf_counter() - start
-        result = evaluate(model, self.search_images, self.search_labels)
-        eval_s = time.perf_counter() - start - quantize_s
+        acc_quant, timings = self.accuracy.measure(bits)  # task.fitness_ptq: rtn or reconstruct
         alpha = self.task.alpha
         return FitnessResult(
-            scores=scores, rho_sens=rho, acc_quant=result.top1, phi=alpha * rho + (1 - alpha) * result.top1,
+            scores=scores, rho_sens=rho, acc_quant=acc_quant, phi=alpha * rho + (1 - alpha) * acc_quant,
             bits=bits, size_mb=allocation.size_mb, avg_bits=allocation.avg_bits, bops=allocation.bops,
-            timings={"score_s": score_s, "allocate_s": allocation.seconds, "quantize_s": quantize_s,
-                     "eval_s": eval_s})
+            timings={"score_s": score_s, "allocate_s": allocation.seconds, **timings})
 
     def _allocate(self, scores: Sequence[float]) -> Allocation:
         return allocate(scores, self.params, self.budget, self.task.bits, macs=self.macs,

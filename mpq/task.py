@@ -37,6 +37,15 @@ class Task:
     device: str = "cpu"
     eval_limit: int | None = None
     """Use at most this many search-split images for acc_quant (None = all)."""
+    fitness_ptq: str = "rtn"
+    """How acc_quant quantizes a candidate's allocation (``mpq.fitness_ptq.FITNESS_PTQ``):
+    ``rtn`` (round-to-nearest, the paper's fitness) or ``reconstruct`` (a short block
+    reconstruction, BRECQ / AdaRound). The ground truth (rho_sens) is the same for both."""
+    fitness_recon_iters: int = 100
+    """Reconstruction steps per block for ``fitness_ptq="reconstruct"`` (the final model uses 2,000)."""
+    fitness_calib: int = 256
+    """Training images the ``reconstruct`` fitness reconstructs on (same seed as the ``calib_size``
+    images, which are its first ones)."""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

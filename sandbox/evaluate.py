@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from mpq.task import Task
 from sandbox.gate import GateRejection, check_source
 from sandbox.pool import BACKEND_NAMES, EvaluatorPool, PoolError
 from sandbox.protocol import Limits, failure, result_to_json
@@ -26,6 +27,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", default="3avg", help='"3avg" | "1.5MB" | "8x" (default: %(default)s)')
     p.add_argument("--eval-limit", type=int, help="cap on search-split images for acc_quant")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--fitness-ptq", default="rtn", help="acc_quant after round-to-nearest or a short block "
+                   "reconstruction: rtn | reconstruct (default: %(default)s)")
+    p.add_argument("--fitness-recon-iters", type=int, default=Task.fitness_recon_iters,
+                   help="reconstruction steps per block (default: %(default)s)")
+    p.add_argument("--fitness-calib", type=int, default=Task.fitness_calib,
+                   help="training images the reconstruction uses (default: %(default)s)")
     p.add_argument("--sandbox", choices=BACKEND_NAMES, default="auto")
     p.add_argument("--gpus", help="GPU for the slot: an index or 'all' (with --device cuda)")
     p.add_argument("--timeout", type=float, default=Limits.timeout_s, help="seconds (default: %(default)s)")
@@ -37,16 +44,19 @@ def _parser() -> argparse.ArgumentParser:
 def _task(args: argparse.Namespace):
     from mpq.budget import parse_budget
     from mpq.data import DATASET_NAMES
+    from mpq.fitness_ptq import check_fitness_task
     from mpq.models import MODEL_NAMES
-    from mpq.task import Task
 
     if args.model not in MODEL_NAMES:
         raise ValueError(f"unknown model {args.model!r}; valid: {', '.join(MODEL_NAMES)}")
     if args.dataset not in DATASET_NAMES:
         raise ValueError(f"unknown dataset {args.dataset!r}; valid: {', '.join(DATASET_NAMES)}")
     parse_budget(args.budget)
-    return Task(model=args.model, dataset=args.dataset, data_root=args.data_root, weights=args.weights,
-                budget=args.budget, eval_limit=args.eval_limit, device=args.device)
+    task = Task(model=args.model, dataset=args.dataset, data_root=args.data_root, weights=args.weights,
+                budget=args.budget, eval_limit=args.eval_limit, device=args.device, fitness_ptq=args.fitness_ptq,
+                fitness_recon_iters=args.fitness_recon_iters, fitness_calib=args.fitness_calib)
+    check_fitness_task(task)
+    return task
 
 
 def _report(result) -> str:

@@ -67,6 +67,7 @@ def measure(dataset: str, model_name: str, probes: int, device: str) -> dict:
     calib, labels = calibration_batch(splits, 16, 0, device)
     layers = extract_features(load_model(model_name, splits.spec).to(device), calib, labels)
     matrix, per_probe_s = probe_matrix(layers, probes, seed=1, device=device)
+    print(f"  {dataset}/{model_name}: reference of {probes} probes, {per_probe_s * 1e3:.0f} ms each", flush=True)
     reference = matrix.mean(0).tolist()
     ref_scores = hawq_scores(reference, layers)
     half = probes // 2
@@ -97,7 +98,7 @@ def measure(dataset: str, model_name: str, probes: int, device: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.hawq_reference", description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", default="cifar10-mini:mobilenetv2,cifar10-mini:resnet18,embedded:mobilenetv2")
+    parser.add_argument("--pairs", default="cifar10-mini:resnet18,cifar10-mini:mobilenetv2,embedded:mobilenetv2")
     parser.add_argument("--probes", type=int, default=1024)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default="benchmarks/results/hawq_reference.json")

@@ -12,8 +12,19 @@ import time
 from pathlib import Path
 
 from benchmarks.experiment_data import (
-    PAPER_GPU_HOURS_PER_SEARCH, Figures, budgets_of, compare_best, group_over_search_seeds, heldout_gpu_seconds,
-    heldout_models, heldout_rows, is_human, load, rank_agreement, search_groups, stat,
+    PAPER_GPU_HOURS_PER_SEARCH,
+    Figures,
+    budgets_of,
+    compare_best,
+    group_over_search_seeds,
+    heldout_gpu_seconds,
+    heldout_models,
+    heldout_rows,
+    is_human,
+    load,
+    rank_agreement,
+    search_groups,
+    stat,
 )
 from benchmarks.experiment_plots import plot_fitness, plot_heldout, plot_templates
 

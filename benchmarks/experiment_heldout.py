@@ -273,7 +273,9 @@ def run_heldout(cfg: HeldoutConfig) -> dict:
 def run_model(cfg: HeldoutConfig, model: str, files: dict, state: dict, call: dict, save, deadline: float) -> bool:
     section = state["models"].get(model)
     if section is None or section.get("rtn", {}).get("key") != rtn_key(cfg, model, files):
-        if time.monotonic() > deadline:
+        expected = estimate(dataclasses.replace(cfg, models=(model,), only_rtn=True), len(files))[model]["rtn_s"]
+        if time.monotonic() + expected > deadline:
+            log(f"{model}: round-to-nearest (~{expected} s) would pass --time-limit-s: not started")
             return False
         log(f"{model}: round-to-nearest leaderboard")
         start = time.perf_counter()

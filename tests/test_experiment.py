@@ -242,3 +242,11 @@ def test_report_with_nothing_collected_says_not_yet_run(tmp_path):
     text = out.read_text()
     for section in ("## Searches", "## Held-out evaluation", "## Answer (mechanical)", "## The discovered proxies"):
         assert "_not yet run_" in text.split(section)[1].split("\n## ")[0]
+
+
+def test_heldout_starts_no_leaderboard_that_cannot_finish_in_time(tmp_path):
+    out = tmp_path / "h.json"
+    assert experiment_main(["heldout", "--out", str(out), "--proxies-dir", str(tmp_path), "--models", "mobilenetv2",
+                            "--time-limit-s", "30"]) == 0  # the RTN phase alone is estimated at over 30 s
+    state = json.loads(out.read_text())
+    assert state["status"] == "partial" and state["models"] == {} and state["calls"][0]["seconds"] == {}

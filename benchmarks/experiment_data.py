@@ -136,5 +136,6 @@ def heldout_gpu_seconds(figures: Figures) -> dict:
         machines.add(call.get("machine", {}).get("gpu") or call.get("machine", {}).get("device", "?"))
         for key, seconds in call.get("seconds", {}).items():
             parts[key] = parts.get(key, 0.0) + seconds
-            total += seconds
+        # a call cut by the device's limit has no wall_s: its phases saved so far stand in for it
+        total += call.get("wall_s", sum(call.get("seconds", {}).values()))
     return {"total_s": total, "parts": parts, "machines": sorted(machines)}

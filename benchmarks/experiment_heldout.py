@@ -263,6 +263,7 @@ def run_heldout(cfg: HeldoutConfig) -> dict:
     for model in cfg.models:
         run_model(cfg, model, files, state, call, save, deadline)
     call["finished"] = time.time()
+    call["wall_s"] = call["finished"] - call["started"]  # the phases plus loading, as the GPU was held
     # complete = every model asked for so far has its RTN rows and every reconstruction
     sections = [state["models"].get(m) for m in dict.fromkeys([*state["models"], *cfg.models])]
     state["status"] = "complete" if all(s and s.get("recon", {}).get("complete") for s in sections) else "partial"

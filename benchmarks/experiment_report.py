@@ -199,8 +199,8 @@ def cost_section(figures: Figures) -> str:
     lines.append("")
     if gpu:
         parts = ", ".join(f"{k} {v:.0f} s" for k, v in sorted(gpu["parts"].items()))
-        lines.append(f"Held-out evaluation: {gpu['total_s']:.0f} GPU-seconds in all on {', '.join(gpu['machines'])} "
-                     f"({parts}). The paper: {PAPER_GPU_HOURS_PER_SEARCH} GPU-hours ({paper_s:.0f} s) per search; "
+        lines.append(f"Held-out evaluation: {gpu['total_s']:.0f} GPU-seconds in all (calls' wall time, loading "
+                     f"included) on {', '.join(gpu['machines'])} ({parts}). The paper: {PAPER_GPU_HOURS_PER_SEARCH} GPU-hours ({paper_s:.0f} s) per search; "
                      "the searches here used no GPU (CPU seconds above).")
     else:
         lines.append(f"Held-out GPU-seconds: {NOT_YET}. The paper: {PAPER_GPU_HOURS_PER_SEARCH} GPU-hours "

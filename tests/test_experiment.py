@@ -251,3 +251,14 @@ def test_heldout_starts_no_leaderboard_that_cannot_finish_in_time(tmp_path):
                             "--time-limit-s", "30"]) == 0  # the RTN phase alone is estimated at over 30 s
     state = json.loads(out.read_text())
     assert state["status"] == "partial" and state["models"] == {} and state["calls"][0]["seconds"] == {}
+
+
+def test_heldout_needs_no_langgraph_matplotlib_or_sqlite_utils():
+    """The GPU machine has torch / numpy / scipy only: the held-out path must import nothing else."""
+    code = ("import sys\n"
+            "for name in ('langgraph', 'langchain_core', 'graph', 'agents', 'matplotlib', 'sqlite_utils', 'ray'):\n"
+            "    sys.modules[name] = None  # importing any of them now raises ImportError\n"
+            "import benchmarks.experiment, benchmarks.experiment_heldout, mpq.leaderboard, mpq.leaderboard_calib\n"
+            "import mpq.ptq_leaderboard, mpq.reconstruct, sandbox.leaderboard, sandbox.pool, sandbox.worker\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -8,7 +8,7 @@ import pytest
 from agents.context import DraftContext, describe_task
 from agents.drafts import DraftError
 from agents.llm import LLMSettings, LLMUnavailable, open_llm
-from agents.prompts import PromptSet
+from agents.prompts import PromptSet, default_prompt_set
 from agents.proposer import propose
 
 local_model = pytest.importorskip("agents.local_model")
@@ -19,12 +19,17 @@ needs_model = pytest.mark.skipif(not local_model.packaged_model_available(), rea
 @pytest.mark.llm
 @needs_model
 def test_open_llm_local_drafts_a_proxy_and_stops_the_server(tmp_path):
-    settings = LLMSettings(spec="local", max_tokens=400, temperature=0.2, seed=0, log_dir=str(tmp_path))
+    # The local provider's own timeout / retries (LocalProvider.defaults, what graph.run --llm local uses), not
+    # the dataclass's 120 s x 4 tries: on 2 busy cores a draft takes minutes and a retry redoes the same work
+    # (at load 8 the test failed that way after 8 minutes).
+    settings = LLMSettings(spec="local", max_tokens=400, temperature=0.2, seed=0, log_dir=str(tmp_path),
+                           timeout_s=900, retries=0)
     ctx = DraftContext(task=describe_task({"model": "resnet18", "dataset": "cifar10", "budget": "3avg"}))
     with open_llm(settings) as llm:
         base_url = llm.openai_api_base
         try:
-            draft, record = propose(llm, PromptSet.load(), ctx)
+            # the set --llm local drafts with (compact): 840 prompt tokens instead of 1,798 for the full set
+            draft, record = propose(llm, PromptSet.load(default_prompt_set("local")), ctx)
             assert "def score" in draft.code and record.tokens_out > 0
         except DraftError as err:  # a small model may miss; the call itself must have worked
             assert err.record is not None and err.record.error is None and err.record.response

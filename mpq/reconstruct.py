@@ -57,8 +57,12 @@ class ReconConfig:
     """Adam steps per block (BRECQ uses 20,000 on ImageNet; see benchmarks/results/reconstruction.json)."""
     batch_size: int = 32
     """Calibration images per step (BRECQ: 32)."""
-    lr: float = 1e-3
-    """Adam learning rate of the rounding variables (BRECQ: 1e-3)."""
+    lr: float = 1e-2
+    """Adam learning rate of the rounding variables. BRECQ uses 1e-3 over 20,000 steps; Adam moves
+    alpha by about lr per step, and a rounding is decided only once |alpha| passes ~2.4 (where the
+    rectified sigmoid reaches 0 or 1), so at the few hundred steps a GPU budget allows, 1e-3 leaves the
+    rounding where it started (ResNet18 W2, 200 steps: 94% undecided, block error 0.149 vs 0.209 for
+    round-to-nearest; 1e-2: 0.048)."""
     reg_weight: float = 0.01
     """lambda of the rounding regulariser (AdaRound / BRECQ: 0.01)."""
     beta_start: float = 20.0
@@ -380,7 +384,6 @@ def optimize_block(block: nn.Module, layers: list[StackedQuantLayer], x: torch.T
 
     ``x``: stacked quantized input [N, K*C, ...]; ``target``: FP output per calibration group
     [G, N, ...]; ``group_of``: [K] group of each variant."""
-    k = len(group_of)
     for m in layers:
         m.mode = "soft"
         m.alpha.requires_grad_(True)
@@ -390,10 +393,7 @@ def optimize_block(block: nn.Module, layers: list[StackedQuantLayer], x: torch.T
     with torch.enable_grad():
         for it in range(cfg.iters):
             idx = batches[it]
-            out = block(x[idx]).reshape(len(idx), k, -1)
-            want = target[:, idx].reshape(target.shape[0], len(idx), -1).index_select(0, group_of).transpose(0, 1)
-            # per variant: squared error summed over the output, mean over the batch (BRECQ's lp_loss, p=2)
-            loss = (out - want).pow(2).sum(-1).mean(0).sum()
+            loss = block_loss(block(x[idx]), target[:, idx], group_of)
             if it >= warm:
                 beta = cfg.beta_end + (cfg.beta_start - cfg.beta_end) * (1 - (it - warm) / max(cfg.iters - warm, 1))
                 loss = loss + cfg.reg_weight * sum(m.round_regulariser(beta) for m in layers)
@@ -403,6 +403,24 @@ def optimize_block(block: nn.Module, layers: list[StackedQuantLayer], x: torch.T
     for m in layers:
         m.alpha.requires_grad_(False)
         m.mode = "hard"
+
+
+def block_loss(out: torch.Tensor, target: torch.Tensor, group_of: torch.Tensor) -> torch.Tensor:
+    """Reconstruction error, summed over variants: per variant BRECQ's ``lp_loss`` (p=2), the squared
+    error summed over the channels and averaged over the batch and the spatial positions.
+
+    The average over positions matters: summed over them as well (an earlier version), the error of a
+    32x32 CIFAR block is 1,024 times larger against the rounding regulariser than BRECQ's, lambda = 0.01
+    no longer forces the rounding to 0 / 1, and the hard rounding taken at the end differs from the soft
+    one that was optimised (ResNet18 W2, first block, 200 steps at lr 1e-2: relative error soft 0.036,
+    hard 0.168, round-to-nearest 0.209; averaged: soft 0.039, hard 0.048).
+
+    ``out``: [B, K*C, ...] stacked block output; ``target``: [G, B, C, ...] FP output per calibration
+    group; ``group_of``: [K] group of each variant."""
+    batch, k = out.shape[0], len(group_of)
+    out = out.reshape(batch, k, target.shape[2], -1)  # [B, K, C, positions]
+    want = target.reshape(target.shape[0], batch, target.shape[2], -1).index_select(0, group_of).transpose(0, 1)
+    return (out - want).pow(2).sum(2).mean((0, 2)).sum()
 
 
 def extract_variant(stacked: nn.Module, folded: nn.Module, k: int, act_bits: int | None) -> QuantizedNet:

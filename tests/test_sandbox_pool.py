@@ -210,13 +210,19 @@ def test_evaluate_command_prints_json(tmp_path):
     assert (result["status"], result["id"]) == ("rejected", "mine") and "rule 'dunder'" in result["reason"]
 
 
-def test_evaluate_command_reports_a_rejection_and_bad_input(tmp_path):
+def test_evaluate_command_reports_a_rejection_and_bad_input(tmp_path, capsys):
+    """The command's main() in this process (a shell run of it is the test above: the same code
+    behind ``sys.exit(main())``, without four more interpreter and torch start-ups)."""
+    from sandbox.evaluate import main
+
     proxy = tmp_path / "bad.py"
     proxy.write_text("import os\ndef score(l): return 1\n")
-    rejected = run_cli(str(proxy), "--sandbox", "process", "--eval-limit", "32")
-    assert rejected.returncode == 1 and "status: rejected" in rejected.stdout and "rule 'import'" in rejected.stdout
+    assert main([str(proxy), "--sandbox", "process", "--eval-limit", "32"]) == 1
+    out = capsys.readouterr().out
+    assert "status: rejected" in out and "rule 'import'" in out
     for args, message in [((str(tmp_path / "missing.py"),), "No such file"),
                           ((str(proxy), "--model", "alexnet"), "unknown model"),
                           ((str(proxy), "--budget", "lots"), "bad budget")]:
-        done = run_cli(*args)
-        assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+        assert main(list(args)) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1

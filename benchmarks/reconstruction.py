@@ -88,9 +88,12 @@ def bench_model(model_name: str, args, recon: ReconConfig, out: Path, summary: d
                             config_samples=args.config_samples)
     start = time.perf_counter()
     lb_path = out / f"leaderboard_{model_name}_{args.dataset}.json"
-    reuse = Path(args.reuse) / lb_path.name if args.reuse else None
-    if reuse is not None and reuse.is_file():  # round-to-nearest rows measured before
+    reuse = _reused(args.reuse, lb_path.name)
+    if reuse is not None:  # round-to-nearest rows measured before; only the asked budgets, no old recon figures
         report = json.loads(reuse.read_text())
+        report["rows"] = [_without_reconstruct(r) for r in report["rows"] if r["budget"] in cfg.budgets]
+        report.pop("reconstruct", None)
+        log(f"{model_name}: round-to-nearest rows reused from {reuse}")
     else:
         report = run_leaderboard(cfg)
     leaderboard_s = time.perf_counter() - start
@@ -141,6 +144,20 @@ def bench_model(model_name: str, args, recon: ReconConfig, out: Path, summary: d
         _write(out / "reconstruction.json", summary)
 
 
+def _reused(folder: str | None, name: str) -> Path | None:
+    """``folder/name`` or ``folder/reconstruction_name`` (as committed in benchmarks/results), if there."""
+    if not folder:
+        return None
+    for candidate in (Path(folder) / name, Path(folder) / f"reconstruction_{name}"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _without_reconstruct(row: dict) -> dict:
+    return {k: v for k, v in row.items() if "reconstruct" not in k}
+
+
 def _avg_bits(report: dict, allocation: Allocation) -> float | None:
     for row in report["rows"]:
         if f"{row['proxy']}@{row['budget']}" == allocation.label:
@@ -156,6 +173,29 @@ def _sync(device: str) -> None:
 def _write(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1, default=str) + "\n")
+    if path.name == "reconstruction.json":
+        path.with_suffix(".md").write_text(summary_markdown(data))
+
+
+def summary_markdown(summary: dict) -> str:
+    """reconstruction.json as tables: per allocation RTN and reconstructed top-1 (mean +- std over seeds)."""
+    r = summary["reconstruction"]
+    lines = [f"# Reconstruction figures ({summary['machine'].get('gpu') or summary['machine'].get('processor')}, "
+             f"{summary['dataset']}, {summary['calib_images']} calibration images, seeds {summary['seeds']})", "",
+             f"lr {r['lr']}, lambda {r['reg_weight']}, batch {r['batch_size']}, clipping {r['clipping']}, "
+             f"A{summary['act_bits']}", ""]
+    for model, e in summary["models"].items():
+        lines += [f"## {model} (FP {100 * e['fp_top1']:.2f}%; {e['variants']} variants, {e['iters']} steps per "
+                  f"block, {e['reconstruct_s']:.0f} s)", "", "| allocation | avg bits | RTN | recon |", "|---|---|---|---|"]
+        for label, a in e["allocations"].items():
+            rtn = e["rtn_top1"].get(label)
+            spread = f" ± {100 * a['std']:.1f} ({len(a['seeds'])} seeds)" if len(a["seeds"]) > 1 else ""
+            bits = f"{a['avg_bits']:.2f}" if a.get("avg_bits") else ""
+            lines.append(f"| {label} | {bits} | {'' if rtn is None else f'{100 * rtn:.1f}'} | "
+                         f"{100 * a['mean']:.1f}{spread} |")
+        lines += [""] + [f"- target {what}: {100 * t['top1']:.1f}% vs {100 * t['target']:.1f}% "
+                         f"({'met' if t['met'] else 'NOT met'})" for what, t in e.get("targets", {}).items()] + [""]
+    return "\n".join(lines) + "\n"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=int, default=ReconConfig.iters)
     p.add_argument("--batch-size", type=int, default=ReconConfig.batch_size)
     p.add_argument("--lr", type=float, default=ReconConfig.lr)
+    p.add_argument("--reg-weight", type=float, default=ReconConfig.reg_weight)
     p.add_argument("--skip", default="", help="baselines left out (e.g. hawq_v2 while it is slow)")
     p.add_argument("--single", default="", help="also time this allocation alone, e.g. uniform@3avg "
                    "(estimated from timed steps; --single-run runs it)")
@@ -181,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-limit", type=int)
     p.add_argument("--test-limit", type=int)
     p.add_argument("--config-samples", type=int, default=64)
-    p.add_argument("--reuse", help="folder with leaderboard_<model>_<dataset>.json to reuse instead of running it")
+    p.add_argument("--reuse", help="folder with [reconstruction_]leaderboard_<model>_<dataset>.json to reuse instead "
+                   "of running the leaderboard (its rows at --budgets, without their reconstruction figures)")
     p.add_argument("--out", default="benchmarks/results")
     return p
 
@@ -194,8 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-    recon = ReconConfig(iters=args.iters, batch_size=args.batch_size, lr=args.lr, time_budget_s=args.time_budget,
-                        min_iters=args.min_iters)
+    recon = ReconConfig(iters=args.iters, batch_size=args.batch_size, lr=args.lr, reg_weight=args.reg_weight,
+                        time_budget_s=args.time_budget, min_iters=args.min_iters)
     out = Path(args.out)
     summary = {"machine": machine(args.device), "dataset": args.dataset, "calib_images": args.calib,
                "seeds": list(args.seed_list), "budgets": args.budgets.split(","), "skipped_baselines": list(args.skip),

@@ -13,7 +13,7 @@ One call produces both figures of issue 15 per model:
 
 Writes, as it goes, ``<out>/leaderboard_<model>_<dataset>.json`` (the leaderboard rows
 with ``top1_test_reconstruct``, ``_mean``, ``_std`` beside ``top1_test``) and
-``<out>/reconstruction.json`` (machine, settings, per allocation the seeds' top-1,
+``<out>/reconstruction.json`` (tables in ``reconstruction_summary.md``; machine, settings, per allocation the seeds' top-1,
 mean and spread, seconds, and the issue's targets checked).
 
     python -m benchmarks.reconstruction --data-root .data/cifar10 --device cuda --out benchmarks/results
@@ -174,7 +174,7 @@ def _write(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1, default=str) + "\n")
     if path.name == "reconstruction.json":
-        path.with_suffix(".md").write_text(summary_markdown(data))
+        path.with_name("reconstruction_summary.md").write_text(summary_markdown(data))
 
 
 def summary_markdown(summary: dict) -> str:

@@ -192,7 +192,7 @@ def recon_phase(cfg: HeldoutConfig, model: str, section: dict, save, deadline: f
     splits = load_splits(cfg.dataset, None, cache_dir=cfg.cache_dir)
     net = load_model(model, splits.spec, None).to(cfg.device)
     calib = {s: calibration_batch(splits, cfg.calib_final, s, cfg.device)[0] for s in cfg.recon_seeds}
-    test = splits.test.head(cfg.test_limit)
+    test = splits.test.spread(cfg.test_limit)
     images, labels = test.normalized(cfg.device), test.labels.to(cfg.device)
     per_variant = RECON_S_PER_VARIANT_STEP.get(model, RECON_S_PER_VARIANT_STEP[DEFAULT_MODEL_COST]) * cfg.recon_iters
     for start in range(0, len(pending), cfg.chunk):

@@ -81,6 +81,14 @@ class ImageSet:
             return self
         return ImageSet(self.images[:n], self.labels[:n], self.spec)
 
+    def spread(self, n: int | None) -> "ImageSet":
+        """``n`` images evenly spaced over the set (all when ``n`` is None): a fixed subset that
+        covers every class even where the set is stored sorted by class (the CIFAR-10 test
+        files here are: their first 1,000 images are all class 0)."""
+        if n is None or n >= len(self):
+            return self
+        return self.subset(np.linspace(0, len(self) - 1, n).round().astype(np.int64))
+
     def normalized(self, device: str | torch.device = "cpu") -> torch.Tensor:
         """Float images on ``device``, scaled to [0, 1] then standardised.
 

@@ -141,7 +141,7 @@ def build_evaluator(task: Task, test_limit: int | None, cache_dir: Path | None,
     splits = load_splits(task.dataset, task.data_root, cache_dir=cache_dir, seed=task.seed)
     model = load_model(task.model, splits.spec, task.weights)
     calib_images, calib_labels = calibration_batch(splits, task.calib_size, task.seed, task.device)
-    search, test = splits.val.head(task.eval_limit), splits.test.head(test_limit)
+    search, test = splits.val.head(task.eval_limit), splits.test.spread(test_limit)
     return Evaluator.from_parts(task, model, calib_images, calib_labels,
                                 search.normalized(task.device), search.labels.to(task.device),
                                 test.normalized(task.device), test.labels.to(task.device),
@@ -306,7 +306,7 @@ def _calib_seed_columns(report: dict, cfg: LeaderboardConfig) -> None:
     splits = load_splits(cfg.dataset, cfg.data_root, cache_dir=cfg.cache_dir, seed=cfg.seed)
     model = load_model(cfg.model, splits.spec, cfg.weights).to(cfg.device)
     calib = {s: calibration_batch(splits, cfg.calib_size, s, cfg.device)[0] for s in cfg.calib_seeds}
-    test = splits.test.head(cfg.test_limit)
+    test = splits.test.spread(cfg.test_limit)
     rows = [r for r in report["rows"] if "error" not in r]
     measured = calib_seed_top1(model, calib, rows, test.normalized(cfg.device), test.labels.to(cfg.device),
                                cfg.act_bits)
@@ -323,7 +323,7 @@ def _reconstruct_column(report: dict, cfg: LeaderboardConfig) -> None:
     splits = load_splits(cfg.dataset, cfg.data_root, cache_dir=cfg.cache_dir, seed=cfg.seed)
     model = load_model(cfg.model, splits.spec, cfg.weights).to(cfg.device)
     calib = {s: calibration_batch(splits, cfg.calib_final, s, cfg.device)[0] for s in cfg.recon_seeds}
-    test = splits.test.head(cfg.test_limit)
+    test = splits.test.spread(cfg.test_limit)
     add_reconstruct_column(report, model, calib, test.normalized(cfg.device), test.labels.to(cfg.device),
                            ReconConfig(iters=cfg.recon_iters, act_bits=cfg.act_bits))
 

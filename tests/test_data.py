@@ -182,3 +182,11 @@ def test_cifar10_mini_images_are_those_of_the_full_cifar10_splits(tmp_path):
     assert torch.equal(mini.val.images, full.val.images[:1000])
     assert torch.equal(mini.train.images, full.train.images[:2048])
     assert torch.equal(mini.test.labels, full.test.labels)
+
+
+def test_a_capped_test_split_covers_every_class():
+    test = load_splits("cifar10-mini").test
+    assert test.labels[:1000].unique().numel() == 1  # stored sorted by class: head() would be one class
+    capped = test.spread(200)
+    assert len(capped) == 200 and capped.labels.bincount(minlength=10).min() == 20
+    assert test.spread(None) is test and test.spread(10**6) is test

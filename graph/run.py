@@ -206,11 +206,12 @@ def _evaluated_id(ctx: Context, best: dict) -> str:
 @contextlib.contextmanager
 def open_sandbox(config: RunConfig) -> Iterator[Evaluate]:
     """The sandbox pool as an Evaluate function; at most ``workers`` evaluations at once."""
+    from mpq.fitness_ptq import extra_fitness_seconds
     from sandbox.pool import EvaluatorPool
     from sandbox.protocol import Limits
 
     slots = threading.Semaphore(config.workers)
-    limits = Limits(timeout_s=config.eval_timeout_s)
+    limits = Limits(timeout_s=config.eval_timeout_s, fitness_s=Limits.fitness_s + extra_fitness_seconds(config.task))
     with EvaluatorPool(config.task, backend=config.sandbox, workers=config.workers, limits=limits) as pool:
         def evaluate(proxy_id: str, source: str) -> dict:
             with slots:

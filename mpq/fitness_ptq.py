@@ -16,7 +16,9 @@ layers, not the candidate's allocation, so its cache key does not change.
 A reconstructed accuracy is cached per allocation (kind ``acc_quant``) under a key
 holding the reconstruction's settings and calibration images, so two proxies
 with the same allocation are reconstructed once and an RTN fitness never reads a
-reconstructed one (RTN is cheaper than a cache lookup and is not cached).
+reconstructed one (RTN is cheaper than a cache lookup and is not cached). The
+disk write is best effort: a locked-down sandbox slot (read-only mounts) keeps
+its entries in memory, so it still reconstructs each allocation once.
 """
 from __future__ import annotations
 
@@ -67,6 +69,10 @@ class FitnessParts:
 class RoundToNearestAccuracy:
     """The paper's acc_quant: a weight swap in the warm quantizer and one pass over the search split."""
 
+    @staticmethod
+    def extra_seconds(task: Task) -> float:
+        return 0.0
+
     def __init__(self, parts: FitnessParts):
         self.parts = parts
 
@@ -83,6 +89,14 @@ class RoundToNearestAccuracy:
 
 class ReconstructedAccuracy:
     """acc_quant after a short block reconstruction of the allocation (cached per allocation)."""
+
+    STEP_ALLOWANCE_S = 12.0
+    """Seconds allowed per step of every block: one MobileNetV2 step measured 5.4 s on the loaded
+    2-core CPU at 1 thread (benchmarks/results/recon_fitness.json); an H100 needs far less."""
+
+    @staticmethod
+    def extra_seconds(task: Task) -> float:
+        return task.fitness_recon_iters * ReconstructedAccuracy.STEP_ALLOWANCE_S
 
     def __init__(self, parts: FitnessParts):
         task = parts.task
@@ -124,6 +138,11 @@ FITNESS_PTQ_MODES = tuple(FITNESS_PTQ)
 def accuracy_measure(parts: FitnessParts) -> AccuracyOfBits:
     check_fitness_task(parts.task)
     return FITNESS_PTQ[parts.task.fitness_ptq](parts)
+
+
+def extra_fitness_seconds(task: Task) -> float:
+    """Time to allow one fitness computation beyond round-to-nearest's (the sandbox's ``fitness_s``)."""
+    return FITNESS_PTQ[task.fitness_ptq].extra_seconds(task)
 
 
 def check_fitness_task(task: Task) -> None:

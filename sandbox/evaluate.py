@@ -87,7 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\rground truth (first use of this task): {done}/{total} layer measurements",
               end="\n" if done == total else "", file=sys.stderr, flush=True)
 
-    limits = dataclasses.replace(Limits(), timeout_s=args.timeout)
+    from mpq.fitness_ptq import extra_fitness_seconds
+
+    limits = dataclasses.replace(Limits(), timeout_s=args.timeout,
+                                 fitness_s=Limits.fitness_s + extra_fitness_seconds(task))
     try:
         check_source(source)  # a rejection needs no evaluator slot
     except GateRejection as exc:

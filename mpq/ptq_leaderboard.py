@@ -75,10 +75,11 @@ def stack_from_nets(nets: list, device: torch.device) -> nn.Module:
     names = list(nets[0].layers)
     scales = {n: torch.stack([net.layers[n].scale for net in nets]).to(device) for n in names}
     bits = {n: [net.layers[n].bits for net in nets] for n in names}
-    stacked = stack_model(skeleton.to(device), names, scales, bits)
+    signs = {n: torch.stack([_orientation(net.layers[n]) for net in nets]).to(device) for n in names}
+    stacked = stack_model(skeleton.to(device), names, scales, bits, signs)
     for name, m in stacked_layers(stacked).items():
-        ints = torch.stack([net.layers[name].weight_int for net in nets]).to(device).float()
-        ratio = m.weight_fp.unsqueeze(0) / m.scale
+        ints = m.sign * torch.stack([net.layers[name].weight_int for net in nets]).to(device).float()
+        ratio = m.sign * m.weight_fp.unsqueeze(0) / m.scale
         # alpha >= 0 exactly where the stored integer rounds the ratio up
         m.alpha.data = torch.where(ints > torch.floor(ratio), 1.0, -1.0)
         m.bias = torch.cat([net.layers[name].bias for net in nets]).to(device)
@@ -92,6 +93,10 @@ def stack_from_nets(nets: list, device: torch.device) -> nn.Module:
             m.act_on = True
         m.mode = "hard"
     return stacked
+
+
+def _orientation(q) -> torch.Tensor:
+    return q.orientation if q.orientation is not None else torch.ones_like(q.scale)
 
 
 def attach_to_rows(rows: list[dict], results: dict, label_of) -> None:

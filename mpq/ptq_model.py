@@ -4,7 +4,9 @@
 integer weights (int8 storage, values in the layer's ``bits`` range), the
 per-output-channel scales (dequantized weight = ``weight_int * scale``), the
 float bias (BN folded in) and the activation quantization of the layer's input
-(scale, zero point, bits; per tensor, asymmetric, uint). ``to_module()`` gives
+(scale, zero point, bits; per tensor, asymmetric, uint). Weights below 4 bits may use,
+per channel, the mirrored grid 1-2^(b-1)..2^(b-1) (reconstruction's orientation choice;
+still 2^b levels, still inside INT4). ``to_module()`` gives
 a fake-quantized torch model that computes exactly what the integers say (it is
 what is evaluated and exported); ``from_quantizer`` turns the round-to-nearest
 ``mpq.quant.Quantizer`` into the same form, so both final-PTQ modes export alike.
@@ -43,6 +45,9 @@ class LayerQuant:
     bits: int
     act: tuple[float, int, int] | None
     """(scale, zero point, bits) of the layer's input, or None for FP activations."""
+    orientation: torch.Tensor | None = None
+    """[O] +1 / -1: the grid of each channel (``mpq.ptq_stack``; -1 = mirrored, levels 1-2^(b-1)..2^(b-1)),
+    kept in memory to restack reconstructed networks; the integers alone define the weights (not saved)."""
 
     def dequantized(self) -> torch.Tensor:
         shape = (-1,) + (1,) * (self.weight_int.dim() - 1)

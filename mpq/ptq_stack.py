@@ -17,8 +17,12 @@ for Post-Training Quantization", Eq. 22-23): ``w_q = s * clamp(floor(w / s) +
 h(alpha), lo, hi)`` with the rectified sigmoid ``h(alpha) = clamp(sigmoid(alpha)
 * (zeta - gamma) + gamma, 0, 1)``, zeta = 1.1, gamma = -0.1; ``alpha`` starts
 where ``h`` equals the fractional part of ``w / s`` (so ``hard`` mode before
-any training is round-to-nearest). Scales are per output channel, symmetric,
-zero point 0 (as ``mpq.quant``); activations are quantized at the input of
+any training is round-to-nearest). Scales are per output channel, zero point 0
+(as ``mpq.quant``), on a two's-complement grid ``lo = -2^(b-1) .. hi = 2^(b-1) - 1``
+or, per channel, its mirror (``sign = -1``: ``1 - 2^(b-1) .. 2^(b-1)``): at 2 bits
+the grid {-2, -1, 0, 1} has one positive level, and a channel whose large
+weights are positive (a depthwise filter's centre tap) loses them; choosing the
+side is what BRECQ's per-channel zero point does; activations are quantized at the input of
 every layer, per tensor and per variant, asymmetric, with fixed calibrated
 ranges (straight-through gradient inside the range).
 """
@@ -56,7 +60,7 @@ def alpha_init(fraction: torch.Tensor) -> torch.Tensor:
 class StackedQuantLayer(nn.Module):
     """K quantized variants of one conv / linear layer (channel-stacked, see the module doc)."""
 
-    def __init__(self, layer: nn.Module, scales: torch.Tensor, bits: Sequence[int]):
+    def __init__(self, layer: nn.Module, scales: torch.Tensor, bits: Sequence[int], signs: torch.Tensor | None = None):
         super().__init__()
         self.k = len(bits)
         self.is_conv = isinstance(layer, nn.Conv2d)
@@ -68,11 +72,13 @@ class StackedQuantLayer(nn.Module):
         self.register_buffer("weight_fp", weight.clone())
         self.register_buffer("bias", bias.repeat(self.k))
         self.register_buffer("scale", scales.reshape(view).clone())
+        # per-channel grid orientation (+1: levels -2^(b-1)..2^(b-1)-1; -1: the mirror, 1-2^(b-1)..2^(b-1))
+        self.register_buffer("sign", (torch.ones_like(scales) if signs is None else signs.to(scales)).reshape(view))
         levels = torch.tensor([qmax(b) for b in bits], dtype=weight.dtype, device=weight.device)
         self.register_buffer("q_hi", levels.reshape((self.k,) + (1,) * (weight.dim())))
         self.register_buffer("q_lo", -self.q_hi - 1)
         self.bits = list(bits)
-        ratio = weight.unsqueeze(0) / self.scale
+        ratio = self.sign * weight.unsqueeze(0) / self.scale
         self.alpha = nn.Parameter(alpha_init(ratio - torch.floor(ratio)))
         self.register_buffer("act_scale", torch.ones(0, device=weight.device))
         self.register_buffer("act_zero", torch.zeros(0, dtype=torch.int32, device=weight.device))
@@ -83,10 +89,11 @@ class StackedQuantLayer(nn.Module):
     # ----------------------------------------------------------------- weights
 
     def integer_weight(self, soft: bool = False) -> torch.Tensor:
-        """[K, O, ...] integer levels (float dtype): floor + rounding decision, clamped to the bit range."""
-        ratio = self.weight_fp.unsqueeze(0) / self.scale
+        """[K, O, ...] integer levels (float dtype): floor + rounding decision, clamped to the bit range
+        (of the channel's orientation: computed on sign * w, then mirrored back)."""
+        ratio = self.sign * self.weight_fp.unsqueeze(0) / self.scale
         up = rectified_sigmoid(self.alpha) if soft else (self.alpha >= 0).to(ratio.dtype)
-        return torch.clamp(torch.floor(ratio) + up, self.q_lo, self.q_hi)
+        return self.sign * torch.clamp(torch.floor(ratio) + up, self.q_lo, self.q_hi)
 
     def stacked_weight(self) -> torch.Tensor:
         if self.mode == "fp":
@@ -139,10 +146,11 @@ class StackedQuantLayer(nn.Module):
 
 
 def stack_model(folded: nn.Module, names: Sequence[str], scales: dict[str, torch.Tensor],
-                bits: dict[str, Sequence[int]]) -> nn.Module:
+                bits: dict[str, Sequence[int]], signs: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """A copy of the BN-folded ``folded`` with each layer in ``names`` replaced by its K variants.
 
-    ``scales[name]``: [K, O] per-channel weight scales; ``bits[name]``: K bit-widths.
+    ``scales[name]``: [K, O] per-channel weight scales; ``bits[name]``: K bit-widths; ``signs[name]``:
+    [K, O] grid orientations (+1 / -1, default +1).
     """
     model = copy.deepcopy(folded).eval()
     for p in model.parameters():
@@ -153,7 +161,7 @@ def stack_model(folded: nn.Module, names: Sequence[str], scales: dict[str, torch
         layer = getattr(parent, child)
         if not isinstance(layer, QUANTIZABLE):
             raise StackError(f"{name} is not a conv / linear layer")
-        setattr(parent, child, StackedQuantLayer(layer, scales[name], bits[name]))
+        setattr(parent, child, StackedQuantLayer(layer, scales[name], bits[name], (signs or {}).get(name)))
     check_stackable(model)
     return model
 

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mpq.quant import QUANTIZABLE, qmax
+from mpq.quant import QUANTIZABLE, Clipping, channel_scales, fake_quant_per_channel, qmax
 
 ZETA, GAMMA = 1.1, -0.1
 Mode = Literal["fp", "soft", "hard"]
@@ -55,6 +55,26 @@ def rectified_sigmoid(alpha: torch.Tensor) -> torch.Tensor:
 def alpha_init(fraction: torch.Tensor) -> torch.Tensor:
     """alpha with ``rectified_sigmoid(alpha) == fraction`` (AdaRound's initialisation)."""
     return -torch.log((ZETA - GAMMA) / (fraction - GAMMA) - 1)
+
+
+def grid_of(weight: torch.Tensor, bits: int, clipping: Clipping, orient: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per output channel: (scale, orientation +1 / -1) of the ``bits``-bit grid.
+
+    With ``orient``, each channel takes the orientation of the grid (module doc) whose
+    clipped round-to-nearest weights are closer to its own (squared error), with that orientation's
+    scale: BRECQ's per-channel zero point, restricted to the two choices of a zero-containing grid.
+    Measured at 2 bits (MSE scales, relative weight error): MobileNetV2's depthwise convs
+    0.154 -> 0.074 and 0.116 -> 0.066, the model's mean 0.136 -> 0.110; ResNet18 0.172 -> 0.149."""
+    scale = channel_scales(weight, bits, clipping)
+    sign = torch.ones_like(scale)
+    if not orient:
+        return scale, sign
+    flat = weight.detach().reshape(weight.shape[0], -1)
+    mirrored = channel_scales(-weight, bits, clipping)
+    error = (fake_quant_per_channel(flat, scale, bits) - flat).pow(2).sum(1)
+    error_mirrored = (fake_quant_per_channel(-flat, mirrored, bits) + flat).pow(2).sum(1)
+    flip = error_mirrored < error
+    return torch.where(flip, mirrored, scale), torch.where(flip, -sign, sign)
 
 
 class StackedQuantLayer(nn.Module):

@@ -242,8 +242,8 @@ def test_a_few_hundred_steps_at_the_defaults_decide_the_rounding():
 def test_each_channel_takes_the_grid_orientation_that_fits_it():
     """At 2 bits the grid {-2,-1,0,1} has one positive level: a channel whose large weights are positive
     takes the mirror {-1,0,1,2}, and its round-to-nearest error falls (never rises, per channel)."""
+    from mpq.ptq_stack import grid_of
     from mpq.quant import channel_scales, fake_quant_per_channel
-    from mpq.reconstruct import grid_of
 
     torch.manual_seed(0)
     weight = torch.randn(64, 8, 3, 3) * 0.1

@@ -85,6 +85,12 @@ def collect(run_id: str, db: Path) -> dict:
     summary["best_human"] = {"in_run": humans[0] if humans else None, "leaderboard": leaderboard_human(task)}
     if summary["best_discovered"]:
         summary["best_discovered"]["same_bits_as_human"] = same_bits_as_human(summary["best_discovered"], task)
+    # When the winner only re-derives a human allocation (exp-paper-s0: SNIP), the best proxy whose
+    # allocation is new is what the search itself contributed: held out too, as <ID>-novel.
+    summary["best_novel"] = None
+    if summary["best_discovered"] and summary["best_discovered"]["same_bits_as_human"]:
+        summary["best_novel"] = next((r for r in ranked if r["operator"] != "human" and r.get("bits")
+                                      and not same_bits_as_human(r, task)), None)
     summary["default_run_summary"] = default_run_summary(run_id)
     return summary
 
@@ -225,19 +231,26 @@ def default_run_summary(run_id: str) -> dict | None:
     return None
 
 
+def _write_proxy(folder: Path, name: str, best: dict, summary: dict) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    kind = "Best discovered proxy" if name == summary["run_id"] else "Best proxy with an allocation of its own"
+    reasoning = (best.get("reasoning") or "").replace('"""', "'''").strip()
+    header = (f'"""{kind} of search {summary["run_id"]}: {best["candidate"]} ({best["operator"]}), '
+              f'phi={best["phi"]:.4f}, rho_sens={best["rho_sens"]:.4f}, acc_quant={best["acc_quant"]:.4f}'
+              f'{"" if summary["finished"] else " (run unfinished)"}.\n\n{reasoning}\n"""\n')
+    (folder / f"{name}.py").write_text(header + best["code"].rstrip() + "\n", encoding="utf-8")
+    return f"proxies/{name}.py"
+
+
 def write_outputs(summary: dict, results: Path) -> Path:
-    """search_<ID>.json, and proxies/<ID>.py (the best discovered proxy, its reasoning as docstring)."""
+    """search_<ID>.json, proxies/<ID>.py (the best discovered proxy, its reasoning as docstring) and,
+    when that one's allocation is a human baseline's, proxies/<ID>-novel.py (the best new allocation)."""
     results.mkdir(parents=True, exist_ok=True)
-    best = summary["best_discovered"]
-    if best and best.get("code"):
-        folder = results / "proxies"
-        folder.mkdir(exist_ok=True)
-        reasoning = (best.get("reasoning") or "").replace('"""', "'''").strip()
-        header = (f'"""Best discovered proxy of search {summary["run_id"]}: {best["candidate"]} ({best["operator"]}), '
-                  f'phi={best["phi"]:.4f}, rho_sens={best["rho_sens"]:.4f}, acc_quant={best["acc_quant"]:.4f}'
-                  f'{"" if summary["finished"] else " (run unfinished)"}.\n\n{reasoning}\n"""\n')
-        (folder / f"{summary['run_id']}.py").write_text(header + best["code"].rstrip() + "\n", encoding="utf-8")
-        summary["proxy_file"] = f"proxies/{summary['run_id']}.py"
+    for key, name in (("best_discovered", summary["run_id"]), ("best_novel", f"{summary['run_id']}-novel")):
+        best = summary.get(key)
+        if best and best.get("code"):
+            summary[f"{key}_file"] = _write_proxy(results / "proxies", name, best, summary)
+    summary["proxy_file"] = summary.get("best_discovered_file")
     out = results / f"search_{summary['run_id']}.json"
     out.write_text(json.dumps(summary, indent=1) + "\n")
     return out

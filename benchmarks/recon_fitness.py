@@ -139,7 +139,8 @@ def ranking(evaluator: Evaluator, iters: int, calib: int) -> dict:
 def search_estimate(rtn_s: float, per_setting: dict[str, float], counts: dict) -> dict:
     """Evaluation seconds of a 5 x 8 search: RTN for every judged candidate; reconstruction at most
     once per candidate (40), or as often as the measured search would have needed."""
-    out = {"rtn_s": counts["ok_not_reused"] * rtn_s, "counts": counts, "reconstruct": {}}
+    out = {"rtn_s": counts["ok_not_reused"] * rtn_s, "rtn_upper_40_s": CANDIDATES * rtn_s, "counts": counts,
+           "reconstruct": {}}
     for key, seconds in per_setting.items():
         # a repeated allocation is a cache hit (mpq.fitness_ptq): only distinct ones are reconstructed
         out["reconstruct"][key] = {"upper_40_s": CANDIDATES * seconds,
@@ -229,10 +230,27 @@ def code_version() -> dict:
             "reconstruct_modified": bool(git("status", "--short", "--", "../mpq/reconstruct.py", "../mpq/ptq_stack.py"))}
 
 
+def summary(r: dict) -> dict:
+    """One device's headline figures: seconds and acc_quant per evaluation, a 5 x 8 search in hours."""
+    search = r.get("search_5x8", {})
+    return {"machine": r["machine"].get("gpu") or f"{r['machine']['cpu_count']}-core CPU, load "
+                                                  f"{r['machine']['load_avg_1m']:.1f}",
+            "rtn": {"seconds": r["rtn"]["seconds"], "acc_quant": r["rtn"]["acc_quant"]},
+            "reconstruct": {k: {"seconds": v["seconds"], "acc_quant": v["acc_quant"]}
+                            for k, v in r["reconstruct"].items()},
+            "estimated_seconds": {k: v["estimated_s"] for k, v in r["estimates"].items()},
+            "search_5x8_hours": {"rtn": {"upper_40": CANDIDATES * r["rtn"]["seconds"] / 3600,
+                                         "measured_run": search.get("rtn_s", 0) / 3600},
+                                 **{k: {"upper_40": v["upper_40_s"] / 3600, "measured_run": v["measured_run_s"] / 3600}
+                                    for k, v in search.get("reconstruct", {}).items()}},
+            "ranking_kendall_tau": r.get("ranking", {}).get("kendall_tau")}
+
+
 def write(path: Path, key: str, result: dict) -> None:
     """Merge this device's figures into the file (the other device's stay)."""
     data = json.loads(path.read_text()) if path.exists() else {}
     data[key] = result
+    data["summary"] = {k: summary(v) for k, v in data.items() if k in ("cpu", "cuda")}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1, default=str) + "\n")
     log(f"wrote {path} [{key}]")

@@ -98,8 +98,9 @@ def group_over_search_seeds(rows: list[dict], members: list[str], budget: str, m
 
 # --------------------------------------------------------------------------- the mechanical answer
 
-def compare_best(rows: list[dict], budget: str, mode: str) -> dict | None:
-    """Best discovered vs best human at ``budget`` (means over seeds) and the seeds' spread."""
+def compare_best(rows: list[dict], budget: str, mode: str, seeds: int = 2) -> dict | None:
+    """Best discovered vs best human at ``budget`` (means over seeds) and the seeds' spread
+    (``seeds``: how many were measured; with one there is no spread to compare with)."""
     measured = [(r["proxy"], stat(r, mode)) for r in rows if r["budget"] == budget]
     measured = [(name, s) for name, s in measured if s is not None]
     found = [(name, s) for name, s in measured if not is_human(name)]
@@ -112,7 +113,8 @@ def compare_best(rows: list[dict], budget: str, mode: str) -> dict | None:
     diff = d[0] - h[0]
     return {"budget": budget, "mode": mode, "discovered": d_name, "discovered_mean": d[0], "human": h_name,
             "human_mean": h[0], "difference": diff, "spread": spread,
-            "verdict": "beyond the spread" if abs(diff) > spread else "within the spread",
+            "verdict": ("one seed: spread not measured" if seeds < 2
+                        else "beyond the spread" if abs(diff) > spread else "within the spread"),
             "human_median": statistics.median(s[0] for _, s in human)}
 
 

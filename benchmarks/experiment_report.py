@@ -53,7 +53,7 @@ def write_report(results: Path, out: Path) -> Path:
     sections = [header(figures), searches_table(figures), fitness_section(figures, rel(plots["fitness"])),
                 templates_section(figures, rel(plots["templates"])),
                 heldout_section(figures, {m: rel(plots.get(f"heldout_{m}")) for m in heldout_models(figures)}),
-                cost_section(figures), answer_section(figures), proxies_section(figures)]
+                cost_section(figures), answer_section(figures, results / READING_FILE), proxies_section(figures)]
     out.write_text("\n\n".join(s.rstrip() for s in sections) + "\n", encoding="utf-8")
     return out
 
@@ -208,7 +208,10 @@ def cost_section(figures: Figures) -> str:
     return "\n".join(lines)
 
 
-def answer_section(figures: Figures) -> str:
+READING_FILE = "reading.md"  # the lead's prose, kept beside the figures so a regenerated report keeps it
+
+
+def answer_section(figures: Figures, reading: Path | None = None) -> str:
     lines = ["## Answer (mechanical)", "",
              "Filled by the script with comparisons only: best discovered vs best human mean test top-1 per "
              "model, budget and final quantization; 'spread' = the larger range (max − min) over seeds of the "
@@ -223,7 +226,9 @@ def answer_section(figures: Figures) -> str:
         for budget in budgets_of(rows):
             rho = rank_agreement(rows, budget)
             for mode in ("rtn", "recon"):
-                c = compare_best(rows, budget, mode)
+                config = figures.heldout.get("config", {})
+                seeds = len(config.get("calib_seeds" if mode == "rtn" else "recon_seeds") or [0])
+                c = compare_best(rows, budget, mode, seeds)
                 if c is None:
                     lines.append(f"| {model} | {budget} | {mode} | {NOT_YET} | | | | | | |")
                     continue
@@ -231,7 +236,8 @@ def answer_section(figures: Figures) -> str:
                              f"{c['human']} {pct(c['human_mean'])} | {100 * c['difference']:+.1f} | "
                              f"{100 * c['spread']:.1f} | {c['verdict']} | "
                              f"{100 * (c['human_mean'] - c['human_median']):.1f} | {num(rho, '{:+.2f}')} |")
-    lines += ["", "### Reading (written by the lead, not by the script)", "", "_To be written._"]
+    prose = reading.read_text(encoding="utf-8").strip() if reading and reading.is_file() else "_To be written._"
+    lines += ["", f"### Reading (written by the lead in experiment/{READING_FILE}, not by the script)", "", prose]
     return "\n".join(lines)
 
 

@@ -1,0 +1,20 @@
+#!/bin/bash
+# Issue 17's searches on the 2-core machine, one after another (each ~55 min on a shared machine).
+# A finished one (runs/<id>/report.md) is skipped, an interrupted one resumed, so rerunning this
+# script after a session ends continues where it stopped. Then:
+#   python -m benchmarks.experiment collect <ids>   (CPU), heldout (GPU), report (CPU).
+cd "$(dirname "$0")/.."
+search() {
+  id=$1; shift
+  [ -f runs/$id/report.md ] && return
+  if [ -f runs/$id/run.db ]; then
+    .venv/bin/python -m benchmarks.default_run --run-id $id --resume --out runs/$id.summary.json >> runs/$id.log 2>&1
+  else
+    .venv/bin/python -m benchmarks.default_run --run-id $id --out runs/$id.summary.json -- "$@" >> runs/$id.log 2>&1
+  fi
+}
+search exp-paper-s0
+search exp-paper-s1 --seed 1
+search exp-human-s0 --seed-population human
+search exp-dpo-s0 --controller dpo
+search exp-paper-s2 --seed 2

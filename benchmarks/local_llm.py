@@ -210,12 +210,6 @@ def rss_peak_mb(pid: int | None) -> float | None:
     return round(int(m.group(1)) / 1024, 1) if m else None
 
 
-def known_hashes(prompts) -> set[str]:
-    """AST hashes a draft must not merely copy: the human baselines and every
-    python block the prompt set shows (agents.prompts.PromptSet.shown_proxies)."""
-    return set(prompts.shown_proxies)
-
-
 def run(cfg: BenchConfig) -> dict:
     from agents.context import DraftContext, describe_task
     from agents.llm import LLMSettings, make_llm
@@ -231,7 +225,7 @@ def run(cfg: BenchConfig) -> dict:
     results.update(machine=machine(), engine=ENGINE_REQUIREMENT, task=task.to_dict(), prompts=cfg.prompts,
                    model={"name": path.stem, "size_bytes": path.stat().st_size},
                    sampling={"max_tokens": cfg.max_tokens, "timeout_s": cfg.timeout_s, "slots": cfg.slots,
-                             "repairs": cfg.repairs}, known_hashes=sorted(known_hashes(prompts)))
+                             "repairs": cfg.repairs}, known_hashes=sorted(prompts.shown_proxies))
     ctx = DraftContext(task=describe_task(task), layers=layer_table(task))
     deadline = time.monotonic() + cfg.minutes * 60
     with EvaluatorPool(task, workers=1) as pool:

@@ -298,18 +298,24 @@ def run(cfg: LeaderboardConfig, user_scorer: UserScorer | None = None) -> dict:
     return report
 
 
+def _model_and_test(cfg: LeaderboardConfig):
+    """The splits, the model on ``cfg.device`` and the (capped) test images and labels: what the
+    calibration-seed and reconstruction columns both re-measure on."""
+    splits = load_splits(cfg.dataset, cfg.data_root, cache_dir=cfg.cache_dir, seed=cfg.seed)
+    model = load_model(cfg.model, splits.spec, cfg.weights).to(cfg.device)
+    test = splits.test.spread(cfg.test_limit)
+    return splits, model, test.normalized(cfg.device), test.labels.to(cfg.device)
+
+
 def _calib_seed_columns(report: dict, cfg: LeaderboardConfig) -> None:
     """RTN top-1 of every row under each calibration seed's images (mpq.leaderboard_calib)."""
     from mpq.leaderboard_calib import attach_calib_columns, calib_seed_top1
 
     log(f"round-to-nearest with the calibration images of seeds {', '.join(map(str, cfg.calib_seeds))}")
-    splits = load_splits(cfg.dataset, cfg.data_root, cache_dir=cfg.cache_dir, seed=cfg.seed)
-    model = load_model(cfg.model, splits.spec, cfg.weights).to(cfg.device)
+    splits, model, test_images, test_labels = _model_and_test(cfg)
     calib = {s: calibration_batch(splits, cfg.calib_size, s, cfg.device)[0] for s in cfg.calib_seeds}
-    test = splits.test.spread(cfg.test_limit)
     rows = [r for r in report["rows"] if "error" not in r]
-    measured = calib_seed_top1(model, calib, rows, test.normalized(cfg.device), test.labels.to(cfg.device),
-                               cfg.act_bits)
+    measured = calib_seed_top1(model, calib, rows, test_images, test_labels, cfg.act_bits)
     attach_calib_columns(rows, measured)
     report["calib_seeds"] = {"seeds": list(cfg.calib_seeds), "calib_images": cfg.calib_size}
 
@@ -320,11 +326,9 @@ def _reconstruct_column(report: dict, cfg: LeaderboardConfig) -> None:
     from mpq.reconstruct import ReconConfig
 
     log(f"reconstructing every allocation ({cfg.recon_iters} steps per block, {cfg.calib_final} images)")
-    splits = load_splits(cfg.dataset, cfg.data_root, cache_dir=cfg.cache_dir, seed=cfg.seed)
-    model = load_model(cfg.model, splits.spec, cfg.weights).to(cfg.device)
+    splits, model, test_images, test_labels = _model_and_test(cfg)
     calib = {s: calibration_batch(splits, cfg.calib_final, s, cfg.device)[0] for s in cfg.recon_seeds}
-    test = splits.test.spread(cfg.test_limit)
-    add_reconstruct_column(report, model, calib, test.normalized(cfg.device), test.labels.to(cfg.device),
+    add_reconstruct_column(report, model, calib, test_images, test_labels,
                            ReconConfig(iters=cfg.recon_iters, act_bits=cfg.act_bits))
 
 

@@ -20,6 +20,7 @@ from graph.validate import parse_bits, validate
 from mpq.data import DATASET_NAMES
 from mpq.fitness_ptq import FITNESS_PTQ_MODES
 from mpq.ptq_final import FINAL_PTQ_MODES, FinalPTQ
+from mpq.reconstruct import DEFAULT_ITERS
 from sandbox.pool import BACKEND_NAMES
 
 SANDBOXES = BACKEND_NAMES
@@ -69,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="round-to-nearest or block reconstruction (BRECQ/AdaRound) (default: rtn)")
     final.add_argument("--calib-final", type=int, help="calibration images of the final model (default: 1024 for reconstruct, "
                        "--calibration for rtn)")
-    final.add_argument("--recon-iters", type=int, help="reconstruction steps per block (default: 2000)")
+    final.add_argument("--recon-iters", type=int, help=f"reconstruction steps per block (default: {DEFAULT_ITERS})")
     final.add_argument("--keep-first-last-8bit", action="store_true", default=None,
                        help="first and last layer at 8 bits in the final model")
     run = p.add_argument_group("run")

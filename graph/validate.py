@@ -5,6 +5,7 @@ from agents.llm import LLMConfigError, provider_for
 from graph.config import ConfigError, RunConfig
 from mpq.data import SHIPPED_DATASETS
 from mpq.fitness_ptq import check_fitness_task
+from mpq.task import parse_bits as task_bits
 
 
 def validate(config: RunConfig, fresh: bool) -> None:
@@ -48,11 +49,8 @@ def validate(config: RunConfig, fresh: bool) -> None:
 
 
 def parse_bits(text: str) -> tuple[int, ...]:
-    """``--bits 2,4,8`` -> (2, 4, 8), sorted and without repeats."""
+    """``--bits 2,4,8`` -> (2, 4, 8) (``mpq.task.parse_bits``), bad input as a ConfigError."""
     try:
-        bits = tuple(sorted({int(b) for b in text.split(",") if b.strip()}))
-    except ValueError:
-        raise ConfigError(f"--bits {text!r}: expected comma-separated integers, e.g. 2,4,8") from None
-    if not bits or any(b < 1 or b > 16 for b in bits):
-        raise ConfigError(f"--bits {text!r}: expected integers between 1 and 16")
-    return bits
+        return task_bits(text)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None

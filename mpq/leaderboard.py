@@ -42,6 +42,7 @@ from mpq.models import MODEL_NAMES, ModelError, load_model
 from mpq.proxies import BASELINES, baseline_source
 from mpq.proxy import ProxyError, validate_scores
 from mpq.quant import evaluate
+from mpq.reconstruct import DEFAULT_ITERS
 from mpq.task import Task
 
 REFERENCE_BITS = (8, 4)
@@ -73,6 +74,8 @@ class LeaderboardConfig:
     proxies: tuple[str, ...] = ()
     """Extra proxy files (paths), shown after the baselines under their file name."""
     baselines: tuple[str, ...] = tuple(BASELINES)
+    bits: tuple[int, ...] = Task.bits
+    """Candidate weight bits of every allocation (the paper's 2,4,8; OMPQ / EMQ use 2,3,4,8)."""
     act_bits: int = 8
     calib_size: int = 16
     config_samples: int = CONFIG_SAMPLES
@@ -87,7 +90,7 @@ class LeaderboardConfig:
     final_ptq: str = "rtn"
     """``reconstruct`` adds ``top1_test_reconstruct`` (mpq.ptq_leaderboard) to every row."""
     calib_final: int = 1024
-    recon_iters: int = 2000
+    recon_iters: int = DEFAULT_ITERS
     recon_seeds: tuple[int, ...] = (0,)
     calib_seeds: tuple[int, ...] = ()
     """RTN test top-1 of every row again with the calibration batch of each of these seeds, the
@@ -258,7 +261,7 @@ def run(cfg: LeaderboardConfig, user_scorer: UserScorer | None = None) -> dict:
     if files and user_scorer is None:
         raise LeaderboardError("proxy files run only in the sandbox: python -m sandbox.leaderboard --proxy FILE")
     task = Task(model=cfg.model, dataset=cfg.dataset, data_root=cfg.data_root, weights=cfg.weights,
-                budget=cfg.budgets[0], act_bits=cfg.act_bits, calib_size=cfg.calib_size, seed=cfg.seed,
+                budget=cfg.budgets[0], bits=cfg.bits, act_bits=cfg.act_bits, calib_size=cfg.calib_size, seed=cfg.seed,
                 device=cfg.device, eval_limit=cfg.eval_limit)
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else None
     log(f"loading {cfg.model} on {cfg.dataset}, features and ground truth (cached after the first run)")

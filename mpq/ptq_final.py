@@ -23,7 +23,7 @@ from torch import nn
 
 from mpq.ptq_model import QuantizedNet, from_quantizer
 from mpq.quant import QuantConfig, Quantizer, evaluate, quantizable_layers
-from mpq.reconstruct import ReconConfig, reconstruct
+from mpq.reconstruct import DEFAULT_ITERS, ReconConfig, reconstruct
 
 FINAL_PTQ_MODES = ("rtn", "reconstruct")
 
@@ -38,7 +38,7 @@ class FinalPTQ:
     """Calibration images from the training split; None: 1,024 for ``reconstruct`` (OMPQ / EMQ /
     BRECQ), the task's own (16) for ``rtn``, so that the exported RTN model is the one the search
     measured (RTN top-1 of allocations with 2-bit layers moves with the calibration images)."""
-    iters: int = 2000
+    iters: int = DEFAULT_ITERS
     """Reconstruction steps per block (``reconstruct`` only)."""
     keep_first_last_8bit: bool = False
     seed: int = 0

@@ -60,3 +60,14 @@ class Task:
         if "bits" in values:
             values["bits"] = tuple(int(b) for b in values["bits"])
         return cls(**values)
+
+
+def parse_bits(text: str) -> tuple[int, ...]:
+    """``--bits 2,4,8`` -> (2, 4, 8), sorted and without repeats; ValueError names the accepted form."""
+    try:
+        bits = tuple(sorted({int(b) for b in text.split(",") if b.strip()}))
+    except ValueError:
+        raise ValueError(f"--bits {text!r}: expected comma-separated integers, e.g. 2,4,8") from None
+    if not bits or any(b < 1 or b > 16 for b in bits):
+        raise ValueError(f"--bits {text!r}: expected integers between 1 and 16")
+    return bits

@@ -27,7 +27,8 @@ from mpq.leaderboard import INPUT_ERRORS, LeaderboardConfig, ScoreFn, log, run
 from mpq.leaderboard_format import format_table, write_report
 from mpq.proxies import BASELINES
 from mpq.proxy import ProxyError
-from mpq.task import Task
+from mpq.reconstruct import DEFAULT_ITERS
+from mpq.task import Task, parse_bits
 from sandbox.pool import BACKEND_NAMES, EvaluatorPool, PoolError
 from sandbox.protocol import Limits
 
@@ -65,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="proxy file, judged in the sandbox (repeatable)")
     p.add_argument("--baselines", default=",".join(BASELINES),
                    help="comma-separated baselines to include ('' for none)")
+    p.add_argument("--bits", default=",".join(map(str, Task.bits)),
+                   help="candidate weight bits, comma separated (default: %(default)s; OMPQ / EMQ: 2,3,4,8)")
     p.add_argument("--act-bits", type=int, default=8)
     p.add_argument("--calib-size", type=int, default=16)
     p.add_argument("--eval-limit", type=int, help="search-split images used (default: all)")
@@ -80,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--final-ptq", choices=("rtn", "reconstruct"), default="rtn",
                    help="reconstruct: add top-1 after block reconstruction to every row (mpq.reconstruct)")
     p.add_argument("--calib-final", type=int, default=1024, help="calibration images of the reconstruction")
-    p.add_argument("--recon-iters", type=int, default=2000, help="reconstruction steps per block")
+    p.add_argument("--recon-iters", type=int, default=DEFAULT_ITERS,
+                   help="reconstruction steps per block (default: %(default)s)")
     p.add_argument("--recon-seeds", default="0", help="calibration seeds, comma separated (mean and spread)")
     p.add_argument("--calib-seeds", default="",
                    help="RTN top-1 again with the calibration images of these seeds, allocations unchanged "
@@ -94,7 +98,8 @@ def config_from_args(args: argparse.Namespace) -> LeaderboardConfig:
     return LeaderboardConfig(
         model=args.model, dataset=args.dataset, data_root=args.data_root, weights=args.weights,
         budgets=tuple(b.strip() for b in args.budget.split(",") if b.strip()), proxies=tuple(args.proxy),
-        baselines=tuple(b.strip() for b in args.baselines.split(",") if b.strip()), act_bits=args.act_bits,
+        baselines=tuple(b.strip() for b in args.baselines.split(",") if b.strip()),
+        bits=parse_bits(args.bits), act_bits=args.act_bits,
         calib_size=args.calib_size, eval_limit=args.eval_limit, test_limit=args.test_limit,
         config_samples=args.config_samples, seed=args.seed,
         device=args.device, cache_dir=args.cache_dir, final_ptq=args.final_ptq, calib_final=args.calib_final,

@@ -33,7 +33,8 @@ CONTAINED = {"write_outside": "rejected", "infinite_loop": "timeout"}
 
 @pytest.fixture(scope="module")
 def board(tmp_path_factory):
-    """One real run: two baselines, a user proxy, a broken one and hostile ones, two budgets."""
+    """One real run: two baselines, a user proxy, a broken one and hostile ones, two budgets, the
+    OMPQ / EMQ bit set."""
     tmp = tmp_path_factory.mktemp("board")
     for path in CANARIES:  # a leftover would hide an escape
         path.unlink(missing_ok=True)
@@ -42,7 +43,7 @@ def board(tmp_path_factory):
     files = [tmp / "mine.py", tmp / "broken.py"] + [HOSTILE / f"{name}.py" for name in CONTAINED]
     out = tmp / "board.json"
     cmd = [sys.executable, "-m", "sandbox.leaderboard", "--model", "mobilenetv2", "--dataset", "embedded",
-           "--budget", "3avg,4avg", "--baselines", "uniform,weight_norm", "--sandbox", "process", "--timeout", "5",
+           "--budget", "3avg,4avg", "--bits", "2,3,4,8", "--baselines", "uniform,weight_norm", "--sandbox", "process", "--timeout", "5",
            *[arg for file in files for arg in ("--proxy", str(file))],
            "--eval-limit", "24", "--test-limit", "40", "--config-samples", "12",
            "--cache-dir", str(tmp / "cache"), "--json", str(out)]
@@ -61,15 +62,19 @@ def test_rows_for_every_proxy_and_budget(board):
     assert "mine" in stdout and "error:" in stdout
 
 
-def test_allocations_meet_their_budgets(board):
+def test_allocations_meet_their_budgets_with_the_bits_asked_for(board):
     report, _ = board
+    assert report["task"]["bits"] == [2, 3, 4, 8] and report["config"]["bits"] == [2, 3, 4, 8]
+    used = set()
     for row in report["rows"]:
         if "error" in row:
             continue
+        used |= set(row["bits"].values())
         assert row["avg_bits"] <= float(row["budget"].removesuffix("avg")) + 1e-9
-        assert len(row["bits"]) == report["layers"] and set(row["bits"].values()) <= {2, 4, 8}
+        assert len(row["bits"]) == report["layers"] and set(row["bits"].values()) <= {2, 3, 4, 8}
         assert 0.0 <= row["top1_search"] <= 1.0 and 0.0 <= row["top1_test"] <= 1.0
         assert row["phi"] == pytest.approx(0.1 * row["rho_sens"] + 0.9 * row["top1_search"])
+    assert 3 in used  # uniform at 3avg is 3 bits everywhere
 
 
 def test_rho_sens_is_spearman_against_the_measured_sensitivity(board):
@@ -148,6 +153,7 @@ def test_all_baselines_are_the_default():
     (["--proxy", "/no/such/proxy.py"], "not found"),
     (["--baselines", "hawq"], "unknown baseline"),
     (["--eval-limit", "0"], "positive"),
+    (["--bits", "2,x"], "comma-separated integers"),
     (["--budget", "1avg", "--model", "resnet18"], "infeasible"),
     (["--no-such-flag"], "unrecognized"),
 ])

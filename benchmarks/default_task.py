@@ -17,7 +17,8 @@ Per candidate it reports the held-out spread (best minus median baseline),
 Kendall tau between each subset's order of the baselines and their held-out
 order, and the stability of the held-out order across seeds (mean pairwise
 Kendall tau). It also times HAWQ-V2's joint Hutchinson traces against the
-per-layer estimator (benchmarks/reference/hawq_v2_per_layer.py), and leaves
+per-layer estimator (mpq/proxies/hawq_v2.py; the joint one is in
+benchmarks/reference/hawq_v2_joint.py), and leaves
 the ground-truth cache files of seed 0 in ``DIR/cache`` (the default task's
 are shipped in mpq/ground_truth/). Figures: ``DIR/default_task.json``.
 """
@@ -48,7 +49,7 @@ CANDIDATES = [(d, m) for d in ("cifar10-mini", "embedded") for m in ("mobilenetv
 BUDGETS = ("3avg", "2.5avg", "2.25avg")
 SEEDS = (0, 1, 2)
 SEARCH_SIZES = {"cifar10-mini": (500, 1000, 2000, 5000), "embedded": (1000,)}
-REFERENCE_HAWQ = Path(__file__).resolve().parent / "reference" / "hawq_v2_per_layer.py"
+JOINT_HAWQ = Path(__file__).resolve().parent / "reference" / "hawq_v2_joint.py"
 
 
 def seeded_parts(dataset: str, splits: DataSplits, seed: int) -> tuple[ImageSet, ImageSet]:
@@ -133,11 +134,11 @@ def summarise(per_seed: dict[int, dict], budget: str, sizes: tuple[int, ...]) ->
 def hawq_timing(splits: DataSplits, dataset: str, model_name: str, device: str) -> dict:
     """Joint (one network-wide probe per pass) vs per-layer Hutchinson traces: ranks and seconds."""
     from mpq.features import extract_features
-    from mpq.proxies import hawq_v2 as joint
+    from mpq.proxies import hawq_v2 as reference
 
-    spec = importlib.util.spec_from_file_location("hawq_reference", REFERENCE_HAWQ)
-    reference = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(reference)
+    spec = importlib.util.spec_from_file_location("hawq_joint", JOINT_HAWQ)
+    joint = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(joint)
     calib, labels = calibration_batch(splits, 16, 0, device)
     layers = extract_features(load_model(model_name, splits.spec).to(device), calib, labels)
 

@@ -3,11 +3,11 @@
     python -m benchmarks.hawq_reference [--pairs cifar10-mini:mobilenetv2,...] [--probes 1024]
         [--device cuda] [--out benchmarks/results/hawq_reference.json]
 
-Session 2 compared the joint estimator (``mpq/proxies/hawq_v2.py``: PROBES
-network-wide probes, one double-backward pass each, as PyHessian's
-``hessian.trace``) with the per-layer estimator it replaced
-(``benchmarks/reference/hawq_v2_per_layer.py``: PyHessian's stopping rule, at
-most 16 probes per layer) and found Spearman 0.69-0.76, but neither side was
+Session 2 compared the joint estimator (``benchmarks/reference/hawq_v2_joint.py``:
+PROBES network-wide probes, one double-backward pass each, as PyHessian's
+``hessian.trace``) with the per-layer estimator (``mpq/proxies/hawq_v2.py``:
+PyHessian's stopping rule, at most 16 probes per layer; the baseline again
+since session 4, on this benchmark's figures) and found Spearman 0.69-0.76, but neither side was
 precise: the per-layer one may stop after 2 probes. This benchmark draws
 ``--probes`` network-wide probes (the same estimator, so their mean is an
 unbiased, arbitrarily precise trace) and reports, against that reference:
@@ -35,7 +35,7 @@ from mpq.leaderboard import machine_info
 from mpq.models import load_model
 from mpq.proxies import hawq_v2
 
-REFERENCE = Path(__file__).resolve().parent / "reference" / "hawq_v2_per_layer.py"
+JOINT = Path(__file__).resolve().parent / "reference" / "hawq_v2_joint.py"
 
 
 def _synced(device: str) -> None:
@@ -84,12 +84,9 @@ def measure(dataset: str, model_name: str, probes: int, device: str) -> dict:
                              "spearman_traces": rank_correlation(traces, reference),
                              "spearman_scores": rank_correlation(hawq_scores(traces, layers), ref_scores)})
         m *= 2
-    spec = importlib.util.spec_from_file_location("hawq_per_layer", REFERENCE)
-    per_layer = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(per_layer)
     _synced(device)
     start = time.perf_counter()
-    old = [per_layer.block_trace(layer, torch.Generator().manual_seed(0)) for layer in layers]
+    old = [hawq_v2.block_trace(layer, torch.Generator().manual_seed(0)) for layer in layers]
     _synced(device)
     row["per_layer"] = {"seconds": time.perf_counter() - start, "spearman_traces": rank_correlation(old, reference),
                         "spearman_scores": rank_correlation(hawq_scores(old, layers), ref_scores), "traces": old}
@@ -105,7 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.probes < 32:
         parser.exit(2, "error: --probes must be at least 32\n")
-    report = {"machine": machine_info(args.device), "proxy_probes": hawq_v2.PROBES, "rows": []}
+    spec = importlib.util.spec_from_file_location("hawq_joint", JOINT)
+    joint = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(joint)
+    report = {"machine": machine_info(args.device), "proxy_probes": joint.PROBES, "rows": []}
     for pair in filter(None, args.pairs.split(",")):
         dataset, model_name = pair.split(":")
         row = measure(dataset, model_name, args.probes, args.device)

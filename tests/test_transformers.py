@@ -205,12 +205,12 @@ def evaluator(name: str) -> Evaluator:
 
 
 def cheap(name: str) -> str:
-    """The baseline's source; HAWQ-V2 with 2 Hutchinson probes (a smoke run, not an estimate)."""
+    """The baseline's source; HAWQ-V2 with 2 Hutchinson probes per layer (a smoke run, not an estimate)."""
     source = baseline_source(name)
     if name != "hawq_v2":
         return source
     cheaper = re.sub(r"^(MAX_SAMPLES|PROBES) = \d+$", r"\1 = 2", source, flags=re.MULTILINE)
-    assert cheaper != source, "hawq_v2 has no 'PROBES = <n>' line any more"
+    assert cheaper != source, "hawq_v2 has no 'MAX_SAMPLES = <n>' line any more"
     return cheaper
 
 

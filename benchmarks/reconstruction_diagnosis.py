@@ -32,6 +32,7 @@ from mpq.models import load_model
 from mpq.ptq_final import with_first_last
 from mpq.ptq_stack import rectified_sigmoid
 from mpq.quant import evaluate, quantizable_layers
+from mpq.recon_blocks import run_chunked
 
 
 def summed_loss(out: torch.Tensor, target: torch.Tensor, group_of: torch.Tensor) -> torch.Tensor:
@@ -45,7 +46,7 @@ def relative_error(block, layers, x: torch.Tensor, target: torch.Tensor, mode: s
     for m in layers:
         m.mode = mode
     with torch.no_grad():
-        out = recon.run_chunked(block, x).reshape(x.shape[0], -1)
+        out = run_chunked(block, x).reshape(x.shape[0], -1)
     want = target[0].reshape(x.shape[0], -1)
     return float((out - want).pow(2).sum(-1).mean() / want.pow(2).sum(-1).mean())
 

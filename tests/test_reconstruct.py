@@ -1,4 +1,5 @@
-"""Block reconstruction (mpq.reconstruct) and its channel-stacked variants (mpq.ptq_stack), on real weights."""
+"""Block reconstruction (mpq.reconstruct, mpq.recon_blocks) and its channel-stacked variants (mpq.ptq_stack),
+on real weights."""
 from __future__ import annotations
 
 import pytest
@@ -11,16 +12,13 @@ from mpq.ptq_leaderboard import Allocation, reconstruct_allocations, stack_from_
 from mpq.ptq_model import from_quantizer
 from mpq.ptq_stack import StackError, set_mode, stacked_layers, top1_per_variant
 from mpq.quant import QuantConfig, Quantizer, evaluate, fold_batchnorm, quantizable_layers
+from mpq.recon_blocks import capture, chain_links, find_blocks, fp_block_outputs
 from mpq.reconstruct import (
     ReconConfig,
     ReconstructionError,
     Variant,
     _prepare,
     block_loss,
-    capture,
-    chain_links,
-    find_blocks,
-    fp_block_outputs,
     optimize_block,
     reconstruct,
     reconstruct_many,

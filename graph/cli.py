@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_llm_arguments(p)
     final = p.add_argument_group("final model (mpq.ptq_final, mpq.export)")
     final.add_argument("--final-ptq", choices=FINAL_PTQ_MODES,
-                       help="round-to-nearest or block reconstruction (BRECQ/AdaRound) (default: rtn)")
+                       help="round-to-nearest or block reconstruction (BRECQ/AdaRound) (default: reconstruct with --device "
+                            "cuda, rtn on a CPU, where reconstruction takes hours)")
     final.add_argument("--calib-final", type=int, help="calibration images of the final model (default: 1024 for reconstruct, "
                        "--calibration for rtn)")
     final.add_argument("--recon-iters", type=int, help=f"reconstruction steps per block (default: {DEFAULT_ITERS})")
@@ -117,9 +118,14 @@ def task_changes(args: argparse.Namespace) -> dict:
     return changes
 
 
-def final_changes(args: argparse.Namespace) -> dict:
-    """The FinalPTQ fields given on the command line."""
-    given = {"mode": args.final_ptq, "calib_size": args.calib_final, "iters": args.recon_iters,
+def final_changes(args: argparse.Namespace, new_run_device: str | None = None) -> dict:
+    """The FinalPTQ fields given on the command line. A new run on a GPU (``new_run_device``) ends with
+    block reconstruction unless told otherwise (MobileNetV2: ~44 s on one H100); on a CPU it would take
+    hours (benchmarks/results/reconstruction_cpu.json), so there round-to-nearest stays the default."""
+    mode = args.final_ptq
+    if mode is None and new_run_device is not None and new_run_device.startswith("cuda"):
+        mode = "reconstruct"
+    given = {"mode": mode, "calib_size": args.calib_final, "iters": args.recon_iters,
              "keep_first_last_8bit": args.keep_first_last_8bit}
     return {k: v for k, v in given.items() if v is not None}
 
@@ -152,7 +158,8 @@ def apply_overrides(base: RunConfig, args: argparse.Namespace, fresh: bool) -> R
     except LLMConfigError as err:
         raise ConfigError(str(err)) from None
     try:
-        final = FinalPTQ(**{**dataclasses.asdict(base.final), **final_changes(args)})
+        device = changes.get("device", base.task.device) if fresh else None
+        final = FinalPTQ(**{**dataclasses.asdict(base.final), **final_changes(args, device)})
     except ValueError as err:
         raise ConfigError(str(err)) from None
     return dataclasses.replace(

@@ -95,6 +95,37 @@ def plot_bits(best: dict, path: Path) -> Path:
     return _save(fig, path)
 
 
+def final_model_lines(export: dict | None, cfg: dict) -> list[str]:
+    """The report's account of the exported model: how it was quantized (and why round-to-nearest,
+    when it was), its top-1 in PyTorch and onnxruntime, and its file sizes next to the budget."""
+    if not export:
+        return []
+    settings = cfg.get("final", {})
+    if export["mode"] == "reconstruct":
+        how = (f"block reconstruction (BRECQ with AdaRound rounding, {settings.get('iters')} steps per block) "
+               f"on {export['calib_images']} calibration images, {export['seconds']:.0f} s")
+    else:
+        why = ("on a CPU, block reconstruction of this model takes hours (benchmarks/results/"
+               "reconstruction_cpu.json); on a GPU: `python -m mpq.export RUN_ID --final-ptq reconstruct "
+               "--device cuda`" if cfg["task"].get("device", "cpu") == "cpu" else "as asked (--final-ptq rtn)")
+        how = f"round-to-nearest on {export['calib_images']} calibration images ({why})"
+    onnx = " and `quantized.onnx` (QuantizeLinear / DequantizeLinear)" if "top1_onnxruntime" in export else ""
+    lines = ["", "## Final model", "", f"Quantized with {how}; `quantized.pt` (integer weights, per-channel "
+             f"scales, bit map){onnx}.", "",
+             "| | top-1 | images |", "|---|---|---|",
+             f"| PyTorch | {_f(export.get('top1_torch'))} | {export.get('test_images')} |"]
+    if "top1_onnxruntime" in export:
+        lines.append(f"| onnxruntime (PyTorch on the same images: {_f(export['top1_torch_checked'])}) | "
+                     f"{_f(export['top1_onnxruntime'])} | {export['check_images']} |")
+    sizes = export.get("sizes", {})
+    rows = [(name, sizes.get(key)) for name, key in (("budget", "budget_bytes"),
+            ("packed weights", "packed_weights_bytes"), ("quantized.pt", "checkpoint_bytes"),
+            ("quantized.onnx", "onnx_bytes")) if sizes.get(key) is not None]
+    if rows:
+        lines += ["", "| size | bytes |", "|---|---|"] + [f"| {name} | {value:,} |" for name, value in rows]
+    return lines
+
+
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -123,8 +154,10 @@ def _write_report(path: Path, store: RunStore, best: dict | None, final: dict, p
                   "| held-out test split | top-1 |", "|---|---|",
                   f"| best proxy's allocation ({_f(final.get('avg_bits'), 2)} avg bits, "
                   f"{_f(final.get('size_mb'), 3)} MB) | {_f(final.get('test_acc'))} |",
-                  f"| full precision | {_f(final.get('fp_test_acc'))} |", "",
+                  f"| full precision{' (recorded in the checkpoint)' if final.get('fp_test_acc_source') == 'checkpoint' else ''} "
+                  f"| {_f(final.get('fp_test_acc'))} |", "",
                   "Code: `best_proxy.py`; allocation: `bits.json`."]
+        lines += final_model_lines(final.get("final_model"), cfg)
     lines += ["", "## Generations", "", "| generation | candidates | ok | best phi | mean phi | best |",
               "|---|---|---|---|---|---|"]
     for g in store.rows("generations", order_by="generation"):

@@ -189,11 +189,11 @@ def _finalize(state: SearchState, ctx: Context, task_model) -> dict:
     if best is not None:
         final.update({"proxy": best["id"], "phi": best["phi"], "search_acc": best["acc_quant"],
                       "avg_bits": best["avg_bits"], "size_mb": best["size_mb"]})
-        final.update(task_model.test_accuracy(best["bits"]))
         evaluation = ctx.store.get("evaluations", _evaluated_id(ctx, best))
         if evaluation:
             final["bops"] = evaluation.get("bops")
         export = task_model.final_model(best["bits"], ctx.config.final, ctx.config.run_dir, best["size_mb"])
+        final.update(task_model.test_accuracy(best["bits"], export, ctx.config.final))
         final["final_model"] = {k: v for k, v in export.items() if k != "bits"}
     final["outputs"] = write_outputs(ctx.config.run_dir, ctx.store, best, final)
     return final

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torchvision import models as tv
 
-from mpq.data import DatasetSpec
+from mpq.data import PUBLISHED_TEST_SPLIT, DatasetSpec
 
 CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
 TORCHVISION_MODELS = ("mobilenetv2", "resnet18", "resnet50")
@@ -157,6 +157,18 @@ def load_model(name: str, spec: DatasetSpec, weights: str | None = None) -> nn.M
             raise ModelError(f"{path} does not fit {name} on {spec.name}: "
                              f"{_first_mismatch(str(error))}") from None
     return model.eval()
+
+
+def recorded_test_top1(name: str, dataset: str, weights: str | None = None) -> float | None:
+    """The FP test top-1 that ``mpq.train`` recorded in the project's checkpoint, where it was measured
+    on the same test split as ``dataset``'s (``mpq.data.PUBLISHED_TEST_SPLIT``); None otherwise (user
+    weights, a seeded split, no record). Saves a full test pass on a CPU (10,000 CIFAR-10 images)."""
+    split = PUBLISHED_TEST_SPLIT.get(dataset)
+    path = checkpoint_path(name, split) if split else None
+    if weights or path is None or not path.is_file():
+        return None
+    meta = read_checkpoint(path).get("meta", {})
+    return float(meta["top1"]) if meta.get("dataset") == split and "top1" in meta else None
 
 
 def read_checkpoint(path: Path) -> dict:

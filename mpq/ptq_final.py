@@ -58,6 +58,12 @@ class FinalPTQ:
             return self.calib_size
         return 1024 if self.mode == "reconstruct" else task_calib_size
 
+    def repeats_search(self, task_calib_size: int, task_seed: int) -> bool:
+        """Whether the final model is the search's own quantization of the allocation (round-to-nearest,
+        the same calibration images, no layer raised), so its test top-1 is the search's."""
+        return (self.mode == "rtn" and self.calib_images(task_calib_size) == task_calib_size
+                and self.seed == task_seed and not self.keep_first_last_8bit)
+
     def recon_config(self, act_bits: int | None) -> ReconConfig:
         return ReconConfig(iters=self.iters, act_bits=act_bits, seed=self.seed)
 

@@ -64,3 +64,11 @@ def test_one_process_per_run(tmp_path):
         hold_run_lock(tmp_path)
     first.close()
     hold_run_lock(tmp_path).close()  # released: free again
+
+
+def test_the_final_model_is_reconstructed_on_a_gpu_unless_told_otherwise(tmp_path):
+    base = ["--runs-dir", str(tmp_path), "--llm", SCRIPT]
+    assert parse_run_args(base).final.mode == "rtn"  # a CPU: reconstruction would take hours
+    assert parse_run_args(base + ["--device", "cuda"]).final.mode == "reconstruct"
+    assert parse_run_args(base + ["--device", "cuda", "--final-ptq", "rtn"]).final.mode == "rtn"
+    assert parse_run_args(base + ["--final-ptq", "reconstruct", "--recon-iters", "50"]).final.iters == 50

@@ -52,7 +52,7 @@ from mpq.recon_blocks import (
 DEFAULT_ITERS = 600
 """Adam steps per block unless told otherwise: with lr 1e-2 and lambda 0.1 (below) every accuracy target
 of issue 15 was met at 597 steps on MobileNetV2 and 1,209 on ResNet18, and ResNet18 reached 90.2-91.2%
-at 310 (benchmarks/results/reconstruction_gpu_fixed.md, experiment/heldout.json); 2,000 tripled the
+at 310 (benchmarks/results/reconstruction_summary.md, experiment/heldout.json); 2,000 tripled the
 final step's time for nothing measurable."""
 
 

@@ -29,6 +29,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from mpq.proxies import BASELINES
+
 ROOT = Path(__file__).resolve().parent.parent
 HUMAN_LEADERBOARD = ROOT / "benchmarks/results/leaderboard_mobilenetv2_cifar10-mini.json"
 
@@ -104,7 +106,8 @@ def best_human_phi() -> dict | None:
     if not HUMAN_LEADERBOARD.is_file():
         return None
     report = json.loads(HUMAN_LEADERBOARD.read_text())
-    rows = [r for r in report.get("rows", []) if r.get("budget") == "3avg" and r.get("phi") is not None]
+    rows = [r for r in report.get("rows", []) if r.get("budget") == "3avg" and r.get("phi") is not None
+            and r.get("proxy") in BASELINES]  # the leaderboard also holds discovered proxies
     if not rows:
         return None
     best = max(rows, key=lambda r: r["phi"])

@@ -29,6 +29,7 @@ from pathlib import Path
 from benchmarks.default_run import busy_spans, candidate_outcomes, progress_of, union_seconds
 from graph.controller import initial_weights, probabilities
 from graph.store import RunStore, db_path, snapshot_copy
+from mpq.proxies import BASELINES
 
 ROOT = Path(__file__).resolve().parent.parent
 LEADERBOARDS = ("leaderboard_{model}_{dataset}.json", "reconstruction_leaderboard_{model}_{dataset}.json")
@@ -181,7 +182,7 @@ def ranked_candidates(evaluations: list[dict], proxies: dict[str, dict], generat
 
 
 def _leaderboard_rows(task: dict) -> tuple[str, dict, list[dict]] | None:
-    """(file name, its config, its rows at the task's budget) of the first committed leaderboard with
+    """(file name, its config, its human rows at the task's budget) of the first committed leaderboard with
     the task's search split (same eval_limit, calibration size and seed)."""
     for pattern in LEADERBOARDS:
         path = ROOT / "benchmarks/results" / pattern.format(model=task.get("model"), dataset=task.get("dataset"))
@@ -192,7 +193,9 @@ def _leaderboard_rows(task: dict) -> tuple[str, dict, list[dict]] | None:
         if (cfg.get("eval_limit"), cfg.get("calib_size"), cfg.get("seed")) != (
                 task.get("eval_limit"), task.get("calib_size"), task.get("seed")):
             continue
-        rows = [r for r in report.get("rows", []) if r.get("budget") == task.get("budget") and "error" not in r]
+        # human baselines only: a leaderboard may also hold discovered proxies' rows
+        rows = [r for r in report.get("rows", []) if r.get("budget") == task.get("budget") and "error" not in r
+                and r.get("proxy") in BASELINES]
         if rows:
             return path.name, cfg, rows
     return None

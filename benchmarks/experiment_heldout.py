@@ -132,7 +132,11 @@ def write_state(state: dict, cfg: HeldoutConfig) -> None:
 
 def rtn_key(cfg: HeldoutConfig, model: str, files: dict[str, dict]) -> dict:
     """What the RTN rows of ``model`` depend on; a stored section with another key is recomputed."""
-    return {"model": model, "dataset": cfg.dataset, "budgets": list(cfg.budgets), "baselines": list(cfg.baselines),
+    from mpq.proxies import baseline_source
+
+    # the baselines' sources too: a baseline whose code changed (HAWQ-V2 in session 4) is scored again
+    baselines = {b: hashlib.sha256(baseline_source(b).encode()).hexdigest()[:16] for b in cfg.baselines}
+    return {"model": model, "dataset": cfg.dataset, "budgets": list(cfg.budgets), "baselines": baselines,
             "proxies": {k: v["sha256"] for k, v in files.items()}, "calib_seeds": list(cfg.calib_seeds),
             "eval_limit": cfg.eval_limit, "test_limit": cfg.test_limit}
 
@@ -188,6 +192,7 @@ def recon_phase(cfg: HeldoutConfig, model: str, section: dict, save, deadline: f
     recon = section.setdefault("recon", {"key": recon_key(cfg), "done": {}, "chunks": []})
     pending = pending_variants(section["rtn"]["report"]["rows"], recon["done"], cfg.recon_seeds)
     if not pending:
+        attach_recon(section)  # rows scored again may share allocations reconstructed earlier
         return True
     splits = load_splits(cfg.dataset, None, cache_dir=cfg.cache_dir)
     net = load_model(model, splits.spec, None).to(cfg.device)
@@ -280,7 +285,9 @@ def run_model(cfg: HeldoutConfig, model: str, files: dict, state: dict, call: di
             return False
         log(f"{model}: round-to-nearest leaderboard")
         start = time.perf_counter()
-        section = state["models"][model] = {"rtn": rtn_phase(cfg, model, files)}
+        kept = {"recon": section["recon"]} if section and "recon" in section else {}
+        # reconstruction results are per allocation (bits_key): rows that keep theirs are not redone
+        section = state["models"][model] = {"rtn": rtn_phase(cfg, model, files), **kept}
         call["seconds"][f"{model}/rtn"] = time.perf_counter() - start
         save()
     else:

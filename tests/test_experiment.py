@@ -163,6 +163,16 @@ def test_heldout_rtn_then_guarded_then_resumed(tmp_path):
         assert set(row["top1_test_reconstruct_per_seed"]) == set(seeds) == {"0", "1"}
         assert row["top1_test_reconstruct"] == seeds["0"] and row["top1_test_reconstruct_seeds"] == 2
         assert 0.0 <= row["top1_test_reconstruct_mean"] <= 1.0
+    # a new discovered proxy with uniform's allocation: the RTN rows are scored again, and no
+    # reconstruction is redone (they are kept per allocation)
+    (proxies / "twin.py").write_text("def score(layer):\n    return 2.0\n")
+    fourth = tmp_path / "h4.json"
+    assert experiment_main([*common, "--resume-from", str(third), "--out", str(fourth)]) == 0
+    h4 = json.loads(fourth.read_text())
+    assert "mobilenetv2/rtn" in h4["calls"][-1]["seconds"] and h4["status"] == "complete"
+    assert h4["models"]["mobilenetv2"]["recon"]["chunks"] == section["recon"]["chunks"]
+    twin = next(r for r in h4["models"]["mobilenetv2"]["rtn"]["report"]["rows"] if r["proxy"] == "twin")
+    assert twin["top1_test_reconstruct_seeds"] == 2
 
 
 def test_heldout_bad_input_is_one_line_and_exit_2(tmp_path, capsys):

@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     command += ["--resume", args.run_id] if args.resume else ["--run-id", args.run_id]
     command += args.extra
     load_before = os.getloadavg()
-    start = time.perf_counter()
+    start, started_at = time.perf_counter(), time.time()
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if done.returncode != 0:
@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     summary = json.loads(done.stdout[done.stdout.index("{"):])
     db = ROOT / args.runs_dir / args.run_id / "run.db"
-    spans = busy_spans(db)
+    # this process's life only: a resumed run's earlier lives are not in ``wall`` (else idle < 0)
+    spans = {k: [(max(a, started_at), b) for a, b in v if b >= started_at] for k, v in busy_spans(db).items()}
     llm, evaluation = spans["llm"], spans["eval"]
     llm_s, eval_s = union_seconds(llm), union_seconds(evaluation)
     busy_s = union_seconds(llm + evaluation)
@@ -164,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         "split_s": {"llm": llm_s, "evaluation": eval_s, "llm_and_evaluation_overlap": llm_s + eval_s - busy_s,
                     "idle": wall - busy_s},
         "templates": candidate_outcomes(db), "best_phi": best_phi, "best_human": best_human_phi(),
-        "final": {k: summary.get(k) for k in ("test_acc", "avg_bits", "size_mb", "best_id") if k in summary},
+        "final": {k: v for k, v in summary.get("final", {}).items()
+                  if k in ("proxy", "test_acc", "fp_test_acc", "fp_test_acc_source", "avg_bits", "size_mb", "final_model")},
     }
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(json.dumps({k: result[k] for k in ("wall_s", "split_s", "templates", "best_phi", "best_human")}, indent=1))

@@ -38,6 +38,15 @@ def load(results: Path) -> Figures:
     return figures
 
 
+def not_held_out(figures: Figures) -> list[str]:
+    """Discovered proxy files that the held-out run has not judged (new, or changed since)."""
+    import hashlib
+
+    judged = (figures.heldout or {}).get("proxies", {})
+    return [name for name, text in figures.proxies.items()
+            if judged.get(name, {}).get("sha256") != hashlib.sha256(text.encode()).hexdigest()]
+
+
 # --------------------------------------------------------------------------- held-out rows
 
 def heldout_rows(figures: Figures, model: str) -> list[dict]:

@@ -22,6 +22,7 @@ from benchmarks.experiment_data import (
     heldout_rows,
     is_human,
     load,
+    not_held_out,
     rank_agreement,
     search_groups,
     stat,
@@ -68,7 +69,9 @@ def header(figures: Figures) -> str:
         "marked; `±` is the standard deviation over seeds.",
         "",
         f"Searches collected: {len(figures.searches) or 'none'}; held-out evaluation: "
-        f"{(figures.heldout or {}).get('status', 'not yet run')}."])
+        f"{(figures.heldout or {}).get('status', 'not yet run')}"
+        + (f", not yet for {', '.join(missing)} (GPU: benchmarks/gpu_heldout_and_scan.sh)."
+           if (missing := not_held_out(figures)) else ".")])
 
 
 def searches_table(figures: Figures) -> str:

@@ -143,6 +143,38 @@ def run_files() -> list[Path]:
     return [p for p in sorted(RESULTS.glob("local_llm_*.json")) if RUN_FILE.fullmatch(p.name)]
 
 
+def in_searches(folder: Path = RESULTS / "experiment") -> dict:
+    """The default model's candidates in the experiment's full searches (``search_<ID>.json``, written
+    by ``benchmarks.experiment collect``), per template: a far larger sample of the default model x
+    prompt set than a benchmark run, drafted under the search's real load. ``valid_rate`` = status ok
+    after the critic, ``first_pass_rate`` = ok before any repair, as in the runs above."""
+    from agents.local_model import DEFAULT_MODEL
+
+    per: dict[str, dict] = {}
+    runs = []
+    for path in sorted(folder.glob("search_*.json")):
+        data = json.loads(path.read_text())
+        cfg = data.get("config", {})
+        if cfg.get("llm") != "local":
+            continue
+        runs.append({"run_id": data["run_id"], "prompts": Path(cfg.get("prompts_dir") or "").name,
+                     "finished": data.get("finished")})
+        for template, row in data.get("templates", {}).items():
+            if template not in TEMPLATES:  # 'human': a seed population's baselines, not drafts
+                continue
+            total = per.setdefault(template, {"candidates": 0, "ok": 0, "first_pass_ok": 0})
+            for key in total:
+                total[key] += row.get(key, 0)
+    for row in per.values():
+        row["valid_rate"] = round(row["ok"] / row["candidates"], 3) if row["candidates"] else None
+        row["first_pass_rate"] = round(row["first_pass_ok"] / row["candidates"], 3) if row["candidates"] else None
+    candidates = sum(r["candidates"] for r in per.values())
+    return {"model": DEFAULT_MODEL.name, "runs": runs, "templates": per, "candidates": candidates,
+            "valid_rate": round(sum(r["ok"] for r in per.values()) / candidates, 3) if candidates else None,
+            "first_pass_rate": round(sum(r["first_pass_ok"] for r in per.values()) / candidates, 3)
+            if candidates else None}
+
+
 def table(default_key: str) -> dict:
     """Every run file (local_llm_<model>_<prompts>.json) in one table: local_llm.json."""
     from benchmarks.local_llm import __doc__ as bench_doc
@@ -156,7 +188,7 @@ def table(default_key: str) -> dict:
                                "machine": data.get("machine"), "summary": summarise(data),
                                "default_task": default_task_fitness(data, default_key)}
     report = {"benchmark": "local_llm", "how_to_read": bench_doc.split("\n\n")[1] + "\n\n" + __doc__.split("\n\n")[1],
-              "default_task": default_key, "runs": runs,
+              "default_task": default_key, "runs": runs, "in_searches": in_searches(),
               "legacy": "local_llm_v1_gate_only_*.json: earlier runs that judged the gate only (valid = parses and passes the gate)"}
     TABLE.write_text(json.dumps(report, indent=1))
     head = ("| model | prompts | drafts | first pass | valid (init / mut / cross / critic) | valid unique / min "
@@ -169,6 +201,12 @@ def table(default_key: str) -> dict:
               f"{s['valid_rate']} ({per}) | {s['valid_unique_per_min']} | {s['seconds_per_draft']} | "
               f"{s['fitness_valid_mean']} / {s['fitness_valid_best']} ({s['fitness_best_human']}) | "
               f"{d['fitness_mean']} / {d['fitness_best']} ({d['human_fitness_best']}) | {s['load_1m']} |")
+    s = report["in_searches"]
+    if s["candidates"]:
+        per = ", ".join(f"{k} {v['valid_rate']:.2f} ({v['candidates']})" for k, v in s["templates"].items())
+        print(f"\nin {len(s['runs'])} searches ({short_name(s['model'])}, prompts "
+              f"{', '.join(sorted({r['prompts'] for r in s['runs']}))}): {s['candidates']} candidates, valid after "
+              f"the critic {s['valid_rate']} (first pass {s['first_pass_rate']}); per template: {per}")
     return report
 
 

@@ -5,14 +5,15 @@
 
 For a run that already exists: reads its task (``run.db``) and allocation
 (``bits.json``), quantizes the model (round-to-nearest or reconstruction,
-``mpq.final``), and writes into the run folder
+``mpq.ptq_final``), and writes into the run folder
 
 * ``quantized.pt``: integer weights, per-channel scales, bias, activation
   parameters and the bit map (format: ``mpq.ptq_model``; ``load_quantized``);
 * ``quantized.onnx`` (needs the ``onnx`` package): the network with
   QuantizeLinear / DequantizeLinear pairs (uint8) on every layer input and a
   DequantizeLinear (per output channel, axis 0) on every weight; weights of at
-  most 4 bits are stored as INT4 (2-bit ones use its [-2, 1] part), 5..8-bit
+  most 4 bits are stored as INT4 (2-bit ones use its [-2, 1] part, or [-1, 2]
+  where a reconstructed channel chose the mirrored grid, ``mpq.ptq_stack.grid_of``), 5..8-bit
   ones as INT8 with their true range. Opset 21 (the first with INT4 in
   DequantizeLinear);
 * ``export.json``: sizes (next to the budget), top-1 of the PyTorch

@@ -95,7 +95,7 @@ def plot_bits(best: dict, path: Path) -> Path:
     return _save(fig, path)
 
 
-def final_model_lines(export: dict | None, cfg: dict) -> list[str]:
+def final_model_lines(export: dict | None, cfg: dict, run_id: str = "RUN_ID") -> list[str]:
     """The report's account of the exported model: how it was quantized (and why round-to-nearest,
     when it was), its top-1 in PyTorch and onnxruntime, and its file sizes next to the budget."""
     if not export:
@@ -106,7 +106,7 @@ def final_model_lines(export: dict | None, cfg: dict) -> list[str]:
                f"on {export['calib_images']} calibration images, {export['seconds']:.0f} s")
     else:
         why = ("on a CPU, block reconstruction of this model takes hours (benchmarks/results/"
-               "reconstruction_cpu.json); on a GPU: `python -m mpq.export RUN_ID --final-ptq reconstruct "
+               f"reconstruction_cpu.json); on a GPU: `python -m mpq.export {run_id} --final-ptq reconstruct "
                "--device cuda`" if cfg["task"].get("device", "cpu") == "cpu" else "as asked (--final-ptq rtn)")
         how = f"round-to-nearest on {export['calib_images']} calibration images ({why})"
     onnx = " and `quantized.onnx` (QuantizeLinear / DequantizeLinear)" if "top1_onnxruntime" in export else ""
@@ -118,8 +118,8 @@ def final_model_lines(export: dict | None, cfg: dict) -> list[str]:
         lines.append(f"| onnxruntime (PyTorch on the same images: {_f(export['top1_torch_checked'])}) | "
                      f"{_f(export['top1_onnxruntime'])} | {export['check_images']} |")
     sizes = export.get("sizes", {})
-    rows = [(name, sizes.get(key)) for name, key in (("budget", "budget_bytes"),
-            ("packed weights", "packed_weights_bytes"), ("quantized.pt", "checkpoint_bytes"),
+    rows = [(name, sizes.get(key)) for name, key in (("budget (weights at their bits)", "budget_bytes"),
+            ("packed weights + per-channel scales", "packed_weights_bytes"), ("quantized.pt", "checkpoint_bytes"),
             ("quantized.onnx", "onnx_bytes")) if sizes.get(key) is not None]
     if rows:
         lines += ["", "| size | bytes |", "|---|---|"] + [f"| {name} | {value:,} |" for name, value in rows]
@@ -157,7 +157,7 @@ def _write_report(path: Path, store: RunStore, best: dict | None, final: dict, p
                   f"| full precision{' (recorded in the checkpoint)' if final.get('fp_test_acc_source') == 'checkpoint' else ''} "
                   f"| {_f(final.get('fp_test_acc'))} |", "",
                   "Code: `best_proxy.py`; allocation: `bits.json`."]
-        lines += final_model_lines(final.get("final_model"), cfg)
+        lines += final_model_lines(final.get("final_model"), cfg, run["id"])
     lines += ["", "## Generations", "", "| generation | candidates | ok | best phi | mean phi | best |",
               "|---|---|---|---|---|---|"]
     for g in store.rows("generations", order_by="generation"):

@@ -53,9 +53,10 @@ def test_the_checkpoints_recorded_top1_is_the_one_measured_on_cifar10_mini():
 
 def test_the_report_says_how_the_final_model_was_made_and_its_sizes(final):
     _, _, export = final
-    cpu = "\n".join(final_model_lines(export, {"task": {"device": "cpu"}, "final": FinalPTQ().to_dict()}))
+    cpu = "\n".join(final_model_lines(export, {"task": {"device": "cpu"}, "final": FinalPTQ().to_dict()}, "r7"))
     assert "round-to-nearest on 16 calibration images" in cpu and "takes hours" in cpu
-    assert f"| budget | {int(0.5 * 2**20):,} |" in cpu and "| packed weights |" in cpu
+    assert "python -m mpq.export r7 --final-ptq reconstruct" in cpu
+    assert f"| budget (weights at their bits) | {int(0.5 * 2**20):,} |" in cpu and "| packed weights" in cpu
     assert "onnxruntime" in cpu and str(export["check_images"]) in cpu
     gpu = "\n".join(final_model_lines(export, {"task": {"device": "cuda"}, "final": FinalPTQ().to_dict()}))
     assert "as asked (--final-ptq rtn)" in gpu and "takes hours" not in gpu

@@ -60,6 +60,11 @@ class DatasetSpec:
     class_names: tuple[str, ...]
 
 
+def spread_indices(total: int, n: int) -> np.ndarray:
+    """``min(n, total)`` indices evenly spaced over ``range(total)``, first and last included."""
+    return np.linspace(0, total - 1, min(n, total)).round().astype(np.int64)
+
+
 @dataclass(frozen=True)
 class ImageSet:
     """Images as uint8 ``[N, C, H, W]`` with int64 labels ``[N]``."""
@@ -87,7 +92,7 @@ class ImageSet:
         files here are: their first 1,000 images are all class 0)."""
         if n is None or n >= len(self):
             return self
-        return self.subset(np.linspace(0, len(self) - 1, n).round().astype(np.int64))
+        return self.subset(spread_indices(len(self), n))
 
     def normalized(self, device: str | torch.device = "cpu") -> torch.Tensor:
         """Float images on ``device``, scaled to [0, 1] then standardised.
@@ -229,11 +234,11 @@ CIFAR10_SPEC = DatasetSpec(
     name="cifar10", num_classes=10, in_channels=3, image_size=32,
     mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), class_names=CIFAR10_CLASSES,
 )
-CIFAR10_VAL_FRACTION = 0.1
+CIFAR10_VAL_FRACTION = 0.1  # 5,000 of the 50,000 training images form the search split
 PUBLISHED_TEST_SPLIT = {"cifar10": "cifar10", "cifar10-mini": "cifar10"}
 """Data sets whose test split is a published one whatever the seed (cifar10-mini ships all 10,000
 CIFAR-10 test images): {data set: the data set whose test split it is}. A top-1 measured on one holds
-for the other (mpq.models.recorded_test_top1)."""  # 5,000 of the 50,000 training images form the search split
+for the other (mpq.models.recorded_test_top1)."""
 
 
 def detect_cifar_layout(root: Path) -> tuple[str, Path]:

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mpq.data import DatasetSpec
+from mpq.data import DatasetSpec, spread_indices
 from mpq.ptq_final import FINAL_PTQ_MODES, FinalPTQ, final_quantize
 from mpq.ptq_model import QuantizedNet
 from mpq.quant import evaluate
@@ -162,7 +162,7 @@ def export_final(model: nn.Module, model_name: str, spec: DatasetSpec, bits: dic
         paths["onnx"].write_bytes(data)
         # the check runs on ``check_images`` test images spread over the split (onnxruntime on a CPU is
         # the slow part; CIFAR-10's test file is sorted by class, so its head would be two classes)
-        spread = torch.linspace(0, len(test_labels) - 1, min(check_images, len(test_labels))).long()
+        spread = torch.from_numpy(spread_indices(len(test_labels), check_images))
         x, y = test_images[spread.to(test_images.device)].cpu(), test_labels[spread.to(test_labels.device)].cpu()
         result.update({"check_images": len(y), "top1_torch_checked": evaluate(module, x, y).top1,
                        "top1_onnxruntime": onnx_top1(data, x, y),

@@ -100,6 +100,9 @@ class TrainConfig(Recipe):
     out: str | None = None
     log_every: int = 10
     """Log the search-split top-1 every this many epochs (0 = only at the end)."""
+    compile: bool = False
+    """Train through ``torch.compile`` (GPU only): small transformers are launch-bound in eager
+    mode. If compiling fails, training goes on eagerly (logged)."""
 
 
 def one_cycle_lr(progress: float, peak: float, warm: float = 0.15) -> float:
@@ -161,6 +164,19 @@ def training_loss(model, x: torch.Tensor, y: torch.Tensor, config: TrainConfig,
     return F.cross_entropy(model(x), y, label_smoothing=config.label_smoothing)
 
 
+def train_step(forward, model, optimizer, x: torch.Tensor, y: torch.Tensor, config: TrainConfig,
+               generator: torch.Generator) -> torch.Tensor:
+    """One optimizer step (bf16 autocast on a GPU); ``forward`` is ``model`` or its compiled form."""
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.is_cuda):
+        loss = training_loss(forward, x, y, config, generator)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if config.grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    optimizer.step()
+    return loss
+
+
 class _Schedule:
     """Progress in [0, 1]: steps done over steps planned, or elapsed over the time budget."""
 
@@ -186,6 +202,8 @@ def train(config: TrainConfig, log=print) -> dict:
     steps_per_epoch = math.ceil(len(train_y) / config.batch_size)
     schedule = _Schedule(steps_per_epoch * config.epochs, config.time_budget_s)
     generator = torch.Generator(device=device).manual_seed(config.seed)
+    # the compiled module shares the parameters; evaluation and saving use the plain one
+    forward = torch.compile(model, dynamic=False) if config.compile and on_gpu else model
     step, epochs_run, progress = 0, 0, 0.0
     while progress < 1.0:
         model.train()
@@ -200,13 +218,14 @@ def train(config: TrainConfig, log=print) -> dict:
                 x = x.contiguous(memory_format=torch.channels_last)
             for group in optimizer.param_groups:
                 group["lr"] = one_cycle_lr(progress, config.lr, config.warmup)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu):
-                loss = training_loss(model, x, train_y[index], config, generator)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
+            try:
+                loss = train_step(forward, model, optimizer, x, train_y[index], config, generator)
+            except Exception as error:  # torch.compile fails in many ways; the run goes on eagerly
+                if forward is model:
+                    raise
+                log(f"torch.compile failed ({type(error).__name__}: {str(error)[:200]}); training eagerly")
+                forward = model
+                loss = train_step(forward, model, optimizer, x, train_y[index], config, generator)
             step += 1
         else:
             epochs_run += 1
@@ -264,6 +283,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         parser.add_argument("--" + field.name.replace("_", "-"), type=type(getattr(Recipe(), field.name)),
                             help=f"default: the recipe's ({', '.join(f'{k} {getattr(r, field.name)}' for k, r in RECIPES.items())})")
     parser.add_argument("--time-budget-s", type=float)
+    parser.add_argument("--compile", action="store_true", default=None,
+                        help="train through torch.compile (GPU only; falls back to eager if it fails)")
     parser.add_argument("--log-every", type=int, default=10, help="log the search-split top-1 every N epochs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

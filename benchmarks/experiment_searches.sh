@@ -18,3 +18,7 @@ search exp-paper-s1 --seed 1
 search exp-human-s0 --seed-population human
 search exp-dpo-s0 --controller dpo
 search exp-paper-s2 --seed 2
+# Where allocation still matters after reconstruction (experiment/scan, one H100): MobileNetV2 at
+# 3 avg bits with 4-bit activations, best - median of the human baselines 2.5 points after
+# reconstruction (at {2,3,4,8} bits or 2.25-2.5 avg bits with A8: 0.3 points at most).
+search exp-a4-s0 --act-bits 4

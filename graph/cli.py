@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     task_option("--weights", "weights", "checkpoint path or 'torchvision' (default: the project's)")
     task_option("--budget", "budget", '"3avg" | "1.5MB" | "8x" (default: 3avg)')
     task_option("--bits", "bits", "candidate weight bits, comma-separated (default: 2,4,8)")
+    task_option("--act-bits", "act_bits", "activation bits, every layer's input (default: 8)", type=int)
     task_option("--alpha", "alpha", "phi = alpha*rho + (1-alpha)*acc (default: 0.1)", type=float)
     task_option("--calibration", "calib_size", "calibration images (default: 16)", type=int)
     task_option("--eval-limit", "eval_limit", "cap on search-split images for acc_quant", type=int)

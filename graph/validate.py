@@ -28,6 +28,8 @@ def validate(config: RunConfig, fresh: bool) -> None:
         raise ConfigError("--workers must be >= 1")
     if not 0.0 <= t.alpha <= 1.0:
         raise ConfigError(f"--alpha {t.alpha}: expected 0..1")
+    if not 2 <= t.act_bits <= 16:
+        raise ConfigError(f"--act-bits {t.act_bits}: expected 2..16")
     try:
         check_fitness_task(t)
     except ValueError as err:

@@ -33,8 +33,9 @@ def test_options_and_round_trip(tmp_path):
 
 def test_task_options_set_the_task_fields_named_at_their_declaration(tmp_path):
     c = parse_run_args(["--runs-dir", str(tmp_path), "--llm", SCRIPT, "--calibration", "8", "--eval-limit", "64",
-                        "--alpha", "0.25", "--device", "cpu"])
+                        "--alpha", "0.25", "--device", "cpu", "--act-bits", "4"])
     assert (c.task.calib_size, c.task.eval_limit, c.task.alpha, c.task.seed) == (8, 64, 0.25, 0)
+    assert c.task.act_bits == 4 and parse_run_args(["--runs-dir", str(tmp_path), "--llm", SCRIPT]).task.act_bits == 8
 
 
 def test_choices_come_from_the_registries(tmp_path):
@@ -50,6 +51,11 @@ def test_choices_come_from_the_registries(tmp_path):
 def test_bad_bits(tmp_path):
     with pytest.raises(ConfigError, match="--bits"):
         parse_run_args(["--runs-dir", str(tmp_path), "--llm", SCRIPT, "--bits", "2,x"])
+
+
+def test_bad_activation_bits(tmp_path):
+    with pytest.raises(ConfigError, match="--act-bits 1"):
+        parse_run_args(["--runs-dir", str(tmp_path), "--llm", SCRIPT, "--act-bits", "1"])
 
 
 def test_existing_run_id_is_refused(tmp_path):

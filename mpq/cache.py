@@ -24,6 +24,7 @@ from torch import nn
 
 
 def default_cache_dir() -> Path:
+    """The ground-truth cache folder: ``$TAP_MPQ_CACHE``, else ``~/.cache/tap-mpq``."""
     return Path(os.environ.get("TAP_MPQ_CACHE") or Path.home() / ".cache" / "tap-mpq")
 
 

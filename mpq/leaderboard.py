@@ -357,6 +357,7 @@ def _trusted(evaluator: Evaluator) -> ScoreFn:
 
 
 def log(message: str) -> None:
+    """One progress line on stderr, flushed at once (stdout keeps the report)."""
     print(message, file=sys.stderr, flush=True)
 
 

@@ -51,3 +51,14 @@ class Launcher(Protocol):
 
     def notes(self) -> list[str]:
         """How this slot is isolated, for the result's ``isolation_notes``."""
+
+    # Optional members: the pool reads them with getattr and falls back to these defaults,
+    # so a launcher that needs neither leaves them out (only RayLauncher defines them).
+    retries_dead_slot: ClassVar[bool] = False
+    """Put a request whose slot died under it (status ``killed``) back in the queue once (Ray:
+    an actor or node can die for reasons of its own)."""
+
+    @classmethod
+    def pool_closed(cls) -> None:
+        """Called at the end of ``EvaluatorPool.close``, e.g. to stop a shared instance the
+        backend started (Ray); the default does nothing."""

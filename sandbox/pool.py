@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import queue
+import signal
 import sys
 import threading
 import time
@@ -59,6 +60,19 @@ Progress = Callable[[int, int, int], None]
 
 class PoolError(RuntimeError):
     """The pool cannot be built as asked (unknown backend, no engine ...)."""
+
+
+def interrupt_on_sigterm() -> None:
+    """Have SIGTERM (``kill``, ``timeout``, systemd, batch schedulers) end this orchestrator the
+    way Ctrl-C does, with a KeyboardInterrupt in the main thread, so that open pools close their
+    slots and a local Ray instance is shut down. Killed outright instead, the process leaves Ray's
+    agents behind, which no parent-death signal ties to it (tests/test_sandbox_ray.py). For the
+    command-line entry points; call it from the main thread."""
+
+    def interrupt(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _stderr_log(message: str) -> None:
@@ -254,7 +268,7 @@ class EvaluatorPool:
         deadline = time.monotonic() + CLOSE_WAIT_S
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        getattr(BACKENDS[self.backend], "pool_closed", lambda: None)()  # e.g. stop a Ray instance it started
+        getattr(BACKENDS[self.backend], "pool_closed", Launcher.pool_closed)()  # e.g. stop a Ray instance it started
 
     def __enter__(self) -> "EvaluatorPool":
         return self
@@ -287,7 +301,8 @@ class EvaluatorPool:
         """Queue a request whose slot died under it once more, where the backend asks for it
         (``retries_dead_slot``: a Ray actor or node can die for reasons of its own); the next
         free slot takes it. None when queued again; else the result to deliver (a second death says so)."""
-        if result.status != "killed" or not getattr(BACKENDS[self.backend], "retries_dead_slot", False):
+        retries = getattr(BACKENDS[self.backend], "retries_dead_slot", Launcher.retries_dead_slot)
+        if result.status != "killed" or not retries:
             return result
         with self._lock:
             again = request.id in self._retried

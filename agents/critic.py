@@ -2,7 +2,7 @@
 
 :func:`repair` is one LLM call. :func:`repair_step` is one call under the
 repair policy (what counts as a repair worth evaluating, what the next call is
-shown); it is the policy's only implementation. Two drivers run it at most R
+shown, :func:`next_failure`); it is the policy's only implementation. Two drivers run it at most R
 times: the graph's critic node (one step per node, so a run resumes between
 steps) and :func:`repair_loop` for callers without a graph (benchmarks).
 """
@@ -94,6 +94,15 @@ def repair_step(
     return RepairStep(fixed, fixed.code, failure, "", (record,))
 
 
+def next_failure(step: RepairStep, code: str, failure: EvalFailure) -> EvalFailure:
+    """What the next critic call is told after ``step`` left nothing to evaluate: the error of the
+    critic's own unparsable code, or why the step was dropped and, after it, the error before
+    (``failure``, the one ``code`` had). Both drivers, the graph's critic node and :func:`repair_loop`, use this."""
+    if step.code != code:
+        return step.failure
+    return EvalFailure(f"{step.reason}; before: {failure.reason}", failure.traceback_tail)
+
+
 @dataclass(frozen=True)
 class RepairOutcome:
     draft: ProxyDraft
@@ -122,10 +131,10 @@ def repair_loop(
         repairs += 1
         step = repair_step(llm, prompts, ctx, code, failure)
         records += step.records
-        code = step.code
         if step.draft is None:
-            failure = step.failure
+            failure, code = next_failure(step, code, failure), step.code
             continue
+        code = step.code
         current = step.draft
         failure = evaluate(code)
     return RepairOutcome(current, failure, repairs, tuple(records))

@@ -32,7 +32,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import Command, Send
 
 from agents.context import DraftContext, EvalFailure
-from agents.critic import repair_step
+from agents.critic import next_failure, repair_step
 from agents.crossover import crossover as crossover_agent
 from agents.dedupe import ast_hash
 from agents.drafts import DraftError, ProxyDraft
@@ -289,8 +289,7 @@ def critic(attempt: Attempt, runtime: Runtime[Context]) -> Command:
                                                               EvalFailure(attempt["error"])))
         if step.draft is None:  # not evaluated; the critic sees its own broken code, or the old code again
             ctx.store.record_llm_calls(pid, [call_row(r) for r in step.records])
-            own_code = step.code != attempt["code"]
-            error = str(step.failure) if own_code else f"{step.reason}; before: {attempt['error']}"
+            error = str(next_failure(step, attempt["code"], EvalFailure(attempt["error"])))
             if n >= ctx.config.search.repairs:
                 return _finish(runtime, failed_record(spec, attempt, "error", error, n))
             return Command(update={"attempt": n, "code": step.code, "ast_hash": ast_hash(step.code), "error": error},

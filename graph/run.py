@@ -39,7 +39,10 @@ CANDIDATE_THREADS = 64
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sandbox.pool import interrupt_on_sigterm
+
     config = None
+    interrupt_on_sigterm()  # a SIGTERM closes the slots and stops the run as Ctrl-C does (resumable)
     try:
         config = parse_run_args(argv)
         result = execute(config)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mpq.task import Task
 from sandbox.gate import GateRejection, check_source
-from sandbox.pool import BACKEND_NAMES, EvaluatorPool, PoolError
+from sandbox.pool import BACKEND_NAMES, EvaluatorPool, PoolError, interrupt_on_sigterm
 from sandbox.protocol import Limits, failure, result_to_json
 
 
@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         result = failure(args.proxy.stem, "rejected", str(exc))
         print(result_to_json(result) if args.json else _report(result))
         return 1
+    interrupt_on_sigterm()
     try:
         with EvaluatorPool(task, backend=args.sandbox, workers=1, limits=limits, cache_dir=args.cache_dir,
                            gpus=[args.gpus] if args.gpus else None, progress=progress) as pool:
@@ -104,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     except PoolError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the pool has closed its slot
+        print("interrupted", file=sys.stderr)
+        return 130
     print(json.dumps(json.loads(result_to_json(result)), indent=2) if args.json else _report(result))
     return 0 if result.ok else 1
 

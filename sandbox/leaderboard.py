@@ -29,7 +29,7 @@ from mpq.proxies import BASELINES
 from mpq.proxy import ProxyError
 from mpq.reconstruct import DEFAULT_ITERS
 from mpq.task import Task, parse_bits
-from sandbox.pool import BACKEND_NAMES, EvaluatorPool, PoolError
+from sandbox.pool import BACKEND_NAMES, EvaluatorPool, PoolError, interrupt_on_sigterm
 from sandbox.protocol import Limits
 
 
@@ -113,11 +113,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --timeout must be positive, got {args.timeout}", file=sys.stderr)
         return 2
     limits = dataclasses.replace(Limits(), timeout_s=args.timeout)
+    interrupt_on_sigterm()
     try:
         report = run(config_from_args(args), sandbox_scorer(args.sandbox, limits))
     except (*INPUT_ERRORS, PoolError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the slot is closed
+        print("interrupted", file=sys.stderr)
+        return 130
     print(format_table(report))
     if args.json_out:
         log(f"wrote {write_report(report, args.json_out)}")

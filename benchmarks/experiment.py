@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--budgets", type=_csv, default=("2.5avg", "3avg", "3.5avg", "4avg"))
     h.add_argument("--proxies-dir", default=str(RESULTS / "proxies"))
     h.add_argument("--baselines", type=_csv, default=None, help="human baselines (default: all eight)")
+    h.add_argument("--act-bits", type=int, default=8, help="activation bits (4: the exp-a4 setting)")
     h.add_argument("--calib-seeds", type=_ints, default=(0, 1, 2), help="RTN calibration seeds")
     h.add_argument("--recon-seeds", type=_ints, default=(0, 1, 2), help="reconstruction calibration seeds")
     h.add_argument("--recon-iters", type=int, default=310, help="steps per block (310: reconstruction.md)")
@@ -81,12 +82,14 @@ def heldout_config(args: argparse.Namespace):
                         ("--test-limit", args.test_limit or 1)):
         if value < 1:
             raise HeldoutError(f"{flag} must be at least 1, got {value}")
+    if not 2 <= args.act_bits <= 16:
+        raise HeldoutError(f"--act-bits must be between 2 and 16, got {args.act_bits}")
     if not args.models or not args.budgets:
         raise HeldoutError("--models and --budgets need at least one value each")
     return HeldoutConfig(
         out=args.out, resume_from=args.resume_from, models=args.models, dataset=args.dataset, budgets=args.budgets,
         proxies_dir=args.proxies_dir, baselines=args.baselines if args.baselines is not None else HUMAN_BASELINES,
-        calib_seeds=args.calib_seeds, recon_seeds=args.recon_seeds, recon_iters=args.recon_iters,
+        act_bits=args.act_bits, calib_seeds=args.calib_seeds, recon_seeds=args.recon_seeds, recon_iters=args.recon_iters,
         calib_final=args.calib_final, chunk=args.chunk, only_rtn=args.only_rtn, device=args.device,
         sandbox=args.sandbox, timeout_s=args.timeout, eval_limit=args.eval_limit, test_limit=args.test_limit,
         cache_dir=args.cache_dir, time_limit_s=args.time_limit_s)

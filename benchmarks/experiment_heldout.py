@@ -59,6 +59,8 @@ class HeldoutConfig:
     budgets: tuple[str, ...] = ("2.5avg", "3avg", "3.5avg", "4avg")
     proxies_dir: str = str(PROXIES_DIR)
     baselines: tuple[str, ...] = HUMAN_BASELINES
+    act_bits: int = 8
+    """Activation bits of RTN and reconstruction (4: where allocation matters after reconstruction)."""
     calib_seeds: tuple[int, ...] = (0, 1, 2)
     recon_seeds: tuple[int, ...] = (0, 1, 2)
     recon_iters: int = 310
@@ -138,11 +140,18 @@ def rtn_key(cfg: HeldoutConfig, model: str, files: dict[str, dict]) -> dict:
     baselines = {b: hashlib.sha256(baseline_source(b).encode()).hexdigest()[:16] for b in cfg.baselines}
     return {"model": model, "dataset": cfg.dataset, "budgets": list(cfg.budgets), "baselines": baselines,
             "proxies": {k: v["sha256"] for k, v in files.items()}, "calib_seeds": list(cfg.calib_seeds),
-            "eval_limit": cfg.eval_limit, "test_limit": cfg.test_limit}
+            "eval_limit": cfg.eval_limit, "test_limit": cfg.test_limit, **_act_bits_key(cfg)}
 
 
 def recon_key(cfg: HeldoutConfig) -> dict:
-    return {"iters": cfg.recon_iters, "calib_final": cfg.calib_final, "test_limit": cfg.test_limit}
+    return {"iters": cfg.recon_iters, "calib_final": cfg.calib_final, "test_limit": cfg.test_limit,
+            **_act_bits_key(cfg)}
+
+
+def _act_bits_key(cfg: HeldoutConfig) -> dict:
+    """Keys name act_bits only when it is not 8, so that state written before the option existed
+    (all A8) stays valid."""
+    return {} if cfg.act_bits == 8 else {"act_bits": cfg.act_bits}
 
 
 # --------------------------------------------------------------------------- the two phases
@@ -156,7 +165,7 @@ def rtn_phase(cfg: HeldoutConfig, model: str, files: dict[str, dict]) -> dict:
     board = LeaderboardConfig(
         model=model, dataset=cfg.dataset, budgets=cfg.budgets, proxies=tuple(f["file"] for f in files.values()),
         baselines=cfg.baselines, eval_limit=cfg.eval_limit, test_limit=cfg.test_limit, device=cfg.device,
-        cache_dir=cfg.cache_dir, calib_seeds=cfg.calib_seeds)
+        cache_dir=cfg.cache_dir, calib_seeds=cfg.calib_seeds, act_bits=cfg.act_bits)
     start = time.perf_counter()
     report = run(board, sandbox_scorer(cfg.sandbox, dataclasses.replace(Limits(), timeout_s=cfg.timeout_s)))
     return {"key": rtn_key(cfg, model, files), "seconds": time.perf_counter() - start, "report": report}
@@ -214,7 +223,7 @@ def recon_phase(cfg: HeldoutConfig, model: str, section: dict, save, deadline: f
         log(f"{model}: reconstructing {len(chunk)} variants ({len(by_key)} allocations), "
             f"{cfg.recon_iters} steps per block, ~{expected:.0f} s expected")
         measured = reconstruct_allocations(net, list(by_key.values()), calib, images, labels,
-                                           ReconConfig(iters=cfg.recon_iters, act_bits=8))
+                                           ReconConfig(iters=cfg.recon_iters, act_bits=cfg.act_bits))
         for key, result in measured["results"].items():
             recon["done"].setdefault(key, {}).update({str(s): t for s, t in result["seeds"].items()})
         recon["chunks"].append({"variants": measured["variants"], "seconds": measured["seconds"],

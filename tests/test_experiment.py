@@ -182,6 +182,22 @@ def test_heldout_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         experiment_main(["heldout", "--out", str(tmp_path / "h.json"), "--calib-seeds", "a,b"])
     assert exit_info.value.code == 2
+    capsys.readouterr()
+    assert experiment_main(["heldout", "--out", str(tmp_path / "h.json"), "--act-bits", "1"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --act-bits must be between 2 and 16, got 1"
+
+
+def test_heldout_state_keys_name_activation_bits_only_when_not_8(tmp_path):
+    """A4 rows never resume from A8 state; A8 state written before --act-bits existed stays valid."""
+    from benchmarks.experiment import build_parser, heldout_config
+    from benchmarks.experiment_heldout import recon_key, rtn_key
+
+    def config(*extra):
+        return heldout_config(build_parser().parse_args(["heldout", "--out", str(tmp_path / "h.json"), *extra]))
+
+    a8, a4 = config(), config("--act-bits", "4")
+    assert "act_bits" not in rtn_key(a8, "mobilenetv2", {}) and "act_bits" not in recon_key(a8)
+    assert rtn_key(a4, "mobilenetv2", {})["act_bits"] == 4 and recon_key(a4)["act_bits"] == 4
 
 
 # --------------------------------------------------------------------------- report on synthetic JSON

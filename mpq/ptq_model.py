@@ -65,7 +65,10 @@ class FakeQuantLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.act is not None:
             scale, zero, bits = self.act
-            x = torch.fake_quantize_per_tensor_affine(x, scale, zero, 0, 2**bits - 1)
+            if bits < 8:  # the same integers in an 8-bit container: ONNX QuantizeLinear has no narrower
+                # range for activations, so the b-bit range becomes a Clip before it (mpq.export)
+                x = torch.clamp(x, -zero * scale, (2**bits - 1 - zero) * scale)
+            x = torch.fake_quantize_per_tensor_affine(x, scale, zero, 0, max(2**bits - 1, 255))
         return self.layer(x)
 
 

@@ -34,9 +34,10 @@ def embedded():
     return splits, model, calib, bits
 
 
-def test_onnx_matches_the_fake_quantized_model_on_the_test_split(embedded):
+@pytest.mark.parametrize("act_bits", [8, 4])
+def test_onnx_matches_the_fake_quantized_model_on_the_test_split(embedded, act_bits):
     splits, model, calib, bits = embedded
-    quantizer = Quantizer(model, calib, QuantConfig())
+    quantizer = Quantizer(model, calib, QuantConfig(act_bits=act_bits))
     x, y = splits.test.normalized(), splits.test.labels
     search_model_top1 = evaluate(quantizer.apply(bits), x, y).top1
     net = from_quantizer(quantizer, bits)
@@ -46,7 +47,9 @@ def test_onnx_matches_the_fake_quantized_model_on_the_test_split(embedded):
     assert torch_top1 == pytest.approx(search_model_top1, abs=1e-9)  # integers = the search's quantizer
     assert abs(onnx_top1_value - torch_top1) <= 0.001 + 1e-9  # within 0.1 point on the 1,000 test images
     # onnxruntime's own Q/DQ fusions (a deployment's default) round differently: measured -0.2 points
-    assert abs(onnx_top1(data, x, y, optimized=True) - torch_top1) <= 0.01
+    # at A8; at A4 (Clip before an 8-bit QuantizeLinear) they cost 4.8 points here: not yet bounded
+    if act_bits == 8:
+        assert abs(onnx_top1(data, x, y, optimized=True) - torch_top1) <= 0.01
     graph = onnx.load_from_string(data)
     assert graph.opset_import[0].version == 21
     types = {init.name: init.data_type for init in graph.graph.initializer}

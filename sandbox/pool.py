@@ -235,7 +235,13 @@ class EvaluatorPool:
             with self._lock:
                 if self._pending == 0:
                     return
-            result = self._completed.get()
+            try:
+                # a bounded wait: a signal that the kernel hands to another thread (Ray's run dozens)
+                # is acted on by the main thread only once it runs Python code again, so an
+                # unbounded get could sit on a Ctrl-C until the next result
+                result = self._completed.get(timeout=0.5)
+            except queue.Empty:
+                continue
             with self._lock:
                 self._pending -= 1
             yield result

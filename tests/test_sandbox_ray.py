@@ -257,7 +257,11 @@ def test_without_ray_the_backend_says_how_to_install_it(monkeypatch):
 # --- the end of a run: Ctrl-C stops Ray and leaves no process behind -----------------------
 
 RUN = """
+import signal
 import sys
+# a terminal's Ctrl-C: a suite started in the background of a script inherits SIGINT ignored
+# (POSIX shells do that to background jobs), which Python then keeps, and the run would not stop
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from pathlib import Path
 from mpq.task import Task
 from sandbox.pool import EvaluatorPool

@@ -235,13 +235,7 @@ class EvaluatorPool:
             with self._lock:
                 if self._pending == 0:
                     return
-            try:
-                # a bounded wait: a signal that the kernel hands to another thread (Ray's run dozens)
-                # is acted on by the main thread only once it runs Python code again, so an
-                # unbounded get could sit on a Ctrl-C until the next result
-                result = self._completed.get(timeout=0.5)
-            except queue.Empty:
-                continue
+            result = self._completed.get()
             with self._lock:
                 self._pending -= 1
             yield result

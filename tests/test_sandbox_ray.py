@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from sandbox_hostile import ALIVE, CANARIES, SECRET, SECRET_FILE
+from test_sandbox_lifecycle import cpu_seconds
 from test_sandbox_pool import CORPUS, GOOD, HOSTILE, TASK
 
 from mpq.cache import default_cache_dir
@@ -336,14 +337,6 @@ def slot_pids(cache: Path) -> list[int]:
     actors = {p for pid in workers for p in ancestors(pid, table) if table[p][2].startswith("ray::SlotActor")}
     proxies = {pid for pid, (parent, _, _) in table.items() if parent in workers}
     return sorted(workers | actors | proxies)
-
-
-def cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 def gone_within(what, bound_s: float) -> list[int]:

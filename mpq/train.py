@@ -24,6 +24,9 @@ data loader bottleneck.
 ``--time-budget-s`` makes the schedule time-aware: schedule progress is
 max(step fraction, elapsed-time fraction), so the run anneals fully and ends
 within the budget even on a slower machine (the epochs actually run are recorded).
+
+Under ``torchrun --nproc-per-node N`` it trains data-parallel on N GPUs
+(mpq/distributed.py); the recipe, global batch included, is unchanged.
 """
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ import math
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -41,6 +44,7 @@ import torch.nn.functional as F
 
 from mpq.augment import crop_flip, mix_batch, rand_augment_lite
 from mpq.data import DataError, ImageSet, load_splits
+from mpq.distributed import Ranks, Schedule
 from mpq.models import MODEL_NAMES, ModelError, build_model, checkpoint_path, load_model, save_checkpoint
 from mpq.quant import evaluate
 
@@ -74,6 +78,7 @@ class Recipe:
     grad_clip: float = 0.0
     """Clip the gradient's global norm to this (0 = off)."""
     batch_size: int = 512
+    """The global batch: under ``torchrun`` each of N ranks takes 1/N of it."""
     epochs: int = 40
 
 
@@ -177,19 +182,18 @@ def train_step(forward, model, optimizer, x: torch.Tensor, y: torch.Tensor, conf
     return loss
 
 
-class _Schedule:
-    """Progress in [0, 1]: steps done over steps planned, or elapsed over the time budget."""
-
-    def __init__(self, total_steps: int, time_budget_s: float | None):
-        self.total_steps, self.budget, self.start = total_steps, time_budget_s, time.time()
-
-    def progress(self, step: int) -> float:
-        done = step / self.total_steps
-        return max(done, (time.time() - self.start) / self.budget) if self.budget else done
-
-
 def train(config: TrainConfig, log=print) -> dict:
+    """Train ``config.model``; under ``torchrun`` one rank per GPU (mpq/distributed.py)."""
+    ranks = Ranks.from_env()
     torch.manual_seed(config.seed)
+    config = replace(config, device=ranks.start(config.device))
+    try:
+        return _train(config, ranks, log if ranks.is_main else (lambda line: None))
+    finally:
+        ranks.finish()
+
+
+def _train(config: TrainConfig, ranks: Ranks, log) -> dict:
     device = config.device
     splits = load_splits(config.dataset, config.data_root, seed=0)
     model = build_model(config.model, splits.spec).to(device)
@@ -200,19 +204,22 @@ def train(config: TrainConfig, log=print) -> dict:
     train_x, train_y = splits.train.images.to(device), splits.train.labels.to(device)
     optimizer = make_optimizer(model, config)
     steps_per_epoch = math.ceil(len(train_y) / config.batch_size)
-    schedule = _Schedule(steps_per_epoch * config.epochs, config.time_budget_s)
-    generator = torch.Generator(device=device).manual_seed(config.seed)
-    # the compiled module shares the parameters; evaluation and saving use the plain one
-    forward = torch.compile(model, dynamic=False) if config.compile and on_gpu else model
+    schedule = Schedule(steps_per_epoch * config.epochs, config.time_budget_s, ranks, device)
+    # one permutation for all ranks (each takes its slice), augmentation drawn per rank
+    order_generator = torch.Generator(device=device).manual_seed(config.seed)
+    generator = torch.Generator(device=device).manual_seed(config.seed + 1 + ranks.rank)
+    # the wrapped / compiled module shares the parameters; evaluation and saving use the plain one
+    trained = ranks.wrap(model)
+    forward = torch.compile(trained, dynamic=False) if config.compile and on_gpu else trained
     step, epochs_run, progress = 0, 0, 0.0
     while progress < 1.0:
         model.train()
-        order = torch.randperm(len(train_y), device=device, generator=generator)
+        order = torch.randperm(len(train_y), device=device, generator=order_generator)
         for i in range(steps_per_epoch):
             progress = schedule.progress(step)
             if progress >= 1.0:
                 break
-            index = order[i * config.batch_size:(i + 1) * config.batch_size]
+            index = ranks.batch_slice(order, i, config.batch_size)
             x = training_batch(train_x[index], config, splits.spec, generator)
             if on_gpu:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -221,20 +228,25 @@ def train(config: TrainConfig, log=print) -> dict:
             try:
                 loss = train_step(forward, model, optimizer, x, train_y[index], config, generator)
             except Exception as error:  # torch.compile fails in many ways; the run goes on eagerly
-                if forward is model:
+                if forward is trained:
                     raise
                 log(f"torch.compile failed ({type(error).__name__}: {str(error)[:200]}); training eagerly")
-                forward = model
+                forward = trained
                 loss = train_step(forward, model, optimizer, x, train_y[index], config, generator)
             step += 1
         else:
             epochs_run += 1
-            _log_epoch(config, model, splits, epochs_run, step, schedule, progress, loss, log)
+            if ranks.is_main:
+                _log_epoch(config, model, splits, epochs_run, step, schedule, progress, loss, log)
             continue
         break
     train_seconds = time.time() - schedule.start
-    return _save_and_report(config, model.float().to(memory_format=torch.contiguous_format),
-                            splits, train_seconds, epochs_run, step, log)
+    meta = {}
+    if ranks.is_main:
+        meta = _save_and_report(config, model.float().to(memory_format=torch.contiguous_format),
+                                splits, train_seconds, epochs_run, step, log, ranks.world)
+    ranks.barrier()
+    return meta
 
 
 def _log_epoch(config, model, splits, epochs_run, step, schedule, progress, loss, log) -> None:
@@ -245,12 +257,12 @@ def _log_epoch(config, model, splits, epochs_run, step, schedule, progress, loss
     log(line)
 
 
-def _save_and_report(config, model, splits, train_seconds, epochs_run, steps, log) -> dict:
+def _save_and_report(config, model, splits, train_seconds, epochs_run, steps, log, gpus: int = 1) -> dict:
     out = Path(config.out) if config.out else checkpoint_path(config.model, config.dataset)
     meta = {
         "model": config.model, "dataset": config.dataset,
         "params": sum(p.numel() for p in model.parameters()),
-        "epochs": epochs_run, "steps": steps, "train_seconds": round(train_seconds, 1),
+        "epochs": epochs_run, "steps": steps, "train_seconds": round(train_seconds, 1), "processes": gpus,
         "device": torch.cuda.get_device_name() if config.device.startswith("cuda") else platform.processor() or "cpu",
         "torch": str(torch.__version__), "recipe": asdict(config) | {"out": None, "data_root": None},
     }

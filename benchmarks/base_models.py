@@ -43,19 +43,27 @@ def collect() -> list[dict]:
 
 
 def _uncommitted_rows(committed: set[tuple[str, str]]) -> list[dict]:
-    """Rows for trained but uncommitted checkpoints: the summary line their training log ends with."""
+    """Rows for trained but uncommitted checkpoints: their metadata, kept beside the training log
+    as ``<model>_<dataset>.meta.json`` (or, for older runs, the summary line the log ends with)."""
     rows = []
     for (model, dataset), target in sorted(TARGETS.items()):
         log = TRAIN_LOGS / f"{model}_{dataset}.log"
         if (model, dataset) in committed or not log.is_file():
             continue
-        summary = json.loads(log.read_text().strip().splitlines()[-1])
-        rows.append({"model": model, "dataset": dataset, "top1": summary["top1"],
-                     "top1_val": summary["top1_val"], "epochs": summary["epochs"],
-                     "train_seconds": summary["train_seconds"], "device": "NVIDIA H100 80GB HBM3",
-                     "checkpoint": None, "log": f"train_logs/{log.name}",
-                     "target_top1": target, "meets_target": summary["top1"] >= target})
+        meta_file = log.with_suffix(".meta.json")
+        meta = json.loads(meta_file.read_text()) if meta_file.is_file() else _summary_line(log)
+        rows.append({"model": model, "dataset": dataset, "top1": meta["top1"],
+                     "top1_val": meta["top1_val"], "epochs": meta["epochs"],
+                     "train_seconds": meta["train_seconds"],
+                     "device": meta.get("device", "NVIDIA H100 80GB HBM3"),
+                     "gpus": meta.get("processes", 1), "checkpoint": None, "log": f"train_logs/{log.name}",
+                     "target_top1": target, "meets_target": meta["top1"] >= target})
     return rows
+
+
+def _summary_line(log: Path) -> dict:
+    """The last JSON line of a training log (torchrun may print warnings after it)."""
+    return next(json.loads(line) for line in reversed(log.read_text().splitlines()) if line.startswith("{"))
 
 
 def main() -> None:

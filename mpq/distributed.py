@@ -47,7 +47,7 @@ class Ranks:
         if on_gpu:
             device = f"cuda:{self.local_rank}"
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if on_gpu else "gloo")
+        dist.init_process_group("nccl" if on_gpu else "gloo", device_id=torch.device(device) if on_gpu else None)
         return device
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:

@@ -1,14 +1,15 @@
 """The experiment's committed figures, loaded and summarised for the report (no plotting, no prose).
 
 Inputs, all under ``benchmarks/results/experiment/``: ``search_<ID>.json`` (``collect``),
-``heldout.json`` (``heldout`` on the GPU machine), ``proxies/<ID>.py``. Everything here is a
+``heldout.json`` (``heldout`` on the GPU machine), ``heldout_a4.json`` (the same at 4-bit activations,
+``heldout --act-bits 4``), ``proxies/<ID>.py``. Everything here is a
 mechanical reading of those files: means, spreads, differences, rank correlations.
 """
 from __future__ import annotations
 
 import json
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from benchmarks.experiment_heldout import HUMAN_BASELINES
@@ -21,6 +22,8 @@ PAPER_GPU_HOURS_PER_SEARCH = 0.42
 class Figures:
     searches: dict[str, dict] = field(default_factory=dict)
     heldout: dict | None = None
+    heldout_a4: dict | None = None
+    """``heldout_a4.json``: the held-out state at 4-bit activations (read through :func:`a4_view`)"""
     proxies: dict[str, str] = field(default_factory=dict)
     """{run id: proxy file text}"""
 
@@ -30,21 +33,36 @@ def load(results: Path) -> Figures:
     for path in sorted(results.glob("search_*.json")):
         data = json.loads(path.read_text())
         figures.searches[data["run_id"]] = data
-    heldout = results / "heldout.json"
-    if heldout.is_file():
-        figures.heldout = json.loads(heldout.read_text())
+    for name, attr in (("heldout.json", "heldout"), ("heldout_a4.json", "heldout_a4")):
+        if (results / name).is_file():
+            setattr(figures, attr, json.loads((results / name).read_text()))
     for path in sorted((results / "proxies").glob("*.py")):
         figures.proxies[path.stem] = path.read_text()
     return figures
 
 
 def not_held_out(figures: Figures) -> list[str]:
-    """Discovered proxy files that the held-out run has not judged (new, or changed since)."""
+    """Discovered proxy files that no held-out run (8- or 4-bit activations) has judged (new, or changed since)."""
     import hashlib
 
-    judged = (figures.heldout or {}).get("proxies", {})
+    judged = [(h or {}).get("proxies", {}) for h in (figures.heldout, figures.heldout_a4)]
     return [name for name, text in figures.proxies.items()
-            if judged.get(name, {}).get("sha256") != hashlib.sha256(text.encode()).hexdigest()]
+            if all(j.get(name, {}).get("sha256") != hashlib.sha256(text.encode()).hexdigest() for j in judged)]
+
+
+def a4_view(figures: Figures) -> Figures | None:
+    """The figures with ``heldout_a4.json`` in the place of ``heldout.json``, so that every held-out
+    helper (heldout_rows, heldout_models, ...) reads the 4-bit-activation run; None when it is missing."""
+    return replace(figures, heldout=figures.heldout_a4) if figures.heldout_a4 else None
+
+
+def a4_searches(figures: Figures) -> list[str]:
+    """The searches run at 4-bit activations: ``act_bits`` 4 in their config, or (``collect`` does not
+    record act_bits) those whose proxy only the 4-bit held-out run judged."""
+    judged_a8 = (figures.heldout or {}).get("proxies", {})
+    judged_a4 = (figures.heldout_a4 or {}).get("proxies", {})
+    return sorted(run_id for run_id, s in figures.searches.items()
+                  if s["config"].get("act_bits", 8) == 4 or (run_id in judged_a4 and run_id not in judged_a8))
 
 
 # --------------------------------------------------------------------------- held-out rows

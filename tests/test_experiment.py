@@ -247,9 +247,25 @@ def test_report_on_synthetic_json(tmp_path):
                "calls": [{"machine": {"gpu": "NVIDIA H100 80GB HBM3"},
                           "seconds": {"mobilenetv2/rtn": 80.0, "mobilenetv2/recon": 300.0}, "wall_s": 400.0}]}
     (results / "heldout.json").write_text(json.dumps(heldout))
+    a4_rows = [row("uniform", [0.15, 0.16, 0.17], [0.81, 0.815, 0.82]),
+               row("snip", [0.68, 0.69, 0.70], [0.835, 0.84, 0.845]),
+               row("ompq", [0.63, 0.64, 0.65], [0.838, 0.841, 0.844]),
+               row("exp-a", [0.68, 0.69, 0.70], [0.835, 0.84, 0.845]),  # snip's allocation (same bits)
+               row("exp-b", [0.35, 0.36, 0.37], [0.815, 0.816, 0.817])]  # judged only at A4: the A4 search
+    (results / "heldout_a4.json").write_text(json.dumps(
+        {**heldout, "config": {**heldout["config"], "act_bits": 4}, "proxies": {"exp-b": {"sha256": "x"}},
+         "models": {"mobilenetv2": {"rtn": {"report": {"rows": a4_rows}}}}}))
     out = tmp_path / "experiment.md"
     assert experiment_main(["report", "--results", str(results), "--out", str(out)]) == 0
     text = out.read_text()
+    a4 = text.split("## Held-out evaluation at 4-bit activations")[1].split("\n## ")[0]
+    assert "activations 4-bit" in a4 and "searches run at A4: exp-b." in a4 and "| 3avg | exp-b | **discovered** |" in a4
+    assert "best − median human after reconstruction: 0.10 points (81.50-84.10%)" in a4
+    assert ("**No**: no discovered proxy beats the best human proxy by more than the seeds' spread" in a4
+            and "the A4 search's best (exp-b) gives 36.0 ± 1.0%, 33.0 points below it (beyond the spread, 2.0)" in a4
+            and "(exp-a, snip's allocation) gives 69.0 ± 1.0%, the same figure (within the spread, 2.0)" in a4
+            and "After reconstruction the best human proxy is ompq at 84.10 ± 0.30%" in a4)
+    assert "| mobilenetv2 (A4) | 3avg | recon | exp-a 84.0 | ompq 84.1 | -0.1 | 1.0 | within the spread |" in text
     answer = text.split("## Answer (mechanical)")[1].split("## The discovered proxies")[0]
     assert "| mobilenetv2 | 3avg | rtn | exp-a 80.5 | snip 74.0 | +6.5 | 2.0 | beyond the spread |" in answer
     assert "| mobilenetv2 | 3avg | recon | exp-a 89.9 | uniform 90.0 | -0.1 | 0.4 | within the spread |" in answer
@@ -267,7 +283,8 @@ def test_report_with_nothing_collected_says_not_yet_run(tmp_path):
     out = tmp_path / "experiment.md"
     assert experiment_main(["report", "--results", str(tmp_path / "empty"), "--out", str(out)]) == 0
     text = out.read_text()
-    for section in ("## Searches", "## Held-out evaluation", "## Answer (mechanical)", "## The discovered proxies"):
+    for section in ("## Searches", "## Held-out evaluation", "## Held-out evaluation at 4-bit activations",
+                    "## Answer (mechanical)", "## The discovered proxies"):
         assert "_not yet run_" in text.split(section)[1].split("\n## ")[0]
 
 

@@ -183,9 +183,12 @@ def test_closing_the_pool_removes_its_containers_even_while_they_load(engine, tm
 
 
 @pytest.mark.docker
-def test_no_container_outlives_a_killed_evaluate_command(engine, tmp_path):
-    """SIGKILL leaves no cleanup code to run: the engine closes the container's input, the
-    worker exits on it, even while measuring the ground truth, and the engine removes it."""
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGKILL"])
+def test_no_container_outlives_a_killed_evaluate_command(engine, tmp_path, signal_name):
+    """SIGTERM (what timeout, systemd and batch schedulers send) ends the command through its
+    KeyboardInterrupt path, which closes the pool and removes the container; SIGKILL leaves no
+    cleanup code to run: the engine closes the container's input, the worker exits on it, even
+    while measuring the ground truth, and the engine removes it."""
     import os
     import signal
     import subprocess
@@ -205,7 +208,7 @@ def test_no_container_outlives_a_killed_evaluate_command(engine, tmp_path):
         time.sleep(0.2)
         seen += orchestrator.stderr.read() or b""
     ours = set(our_containers(engine)) - before
-    os.kill(orchestrator.pid, signal.SIGKILL)
+    os.kill(orchestrator.pid, getattr(signal, signal_name))
     orchestrator.wait(60)
     assert b"ground truth" in seen and len(ours) == 1, seen.decode()[-1500:]
     assert wait_for(lambda: all(our_containers(engine).get(c) != "running" for c in ours), 5.0)

@@ -102,6 +102,7 @@ def run_config(run: dict, config: dict) -> dict:
             "seed_population": search.get("seed_population", "llm"), "budget": task.get("budget"),
             "model": run.get("model"), "dataset": run.get("dataset"), "eval_limit": task.get("eval_limit"),
             "calib_size": task.get("calib_size"), "task_seed": task.get("seed"), "bits": task.get("bits"),
+            "act_bits": task.get("act_bits", 8),
             "llm": run.get("llm"), "prompts_dir": run.get("prompts_dir"), "generations": run.get("generations"),
             "population": run.get("population"), "git_rev": run.get("git_rev"), "final": config.get("final")}
 
@@ -183,22 +184,33 @@ def ranked_candidates(evaluations: list[dict], proxies: dict[str, dict], generat
 
 def _leaderboard_rows(task: dict) -> tuple[str, dict, list[dict]] | None:
     """(file name, its config, its human rows at the task's budget) of the first committed leaderboard with
-    the task's search split (same eval_limit, calibration size and seed)."""
-    for pattern in LEADERBOARDS:
-        path = ROOT / "benchmarks/results" / pattern.format(model=task.get("model"), dataset=task.get("dataset"))
-        if not path.is_file():
-            continue
-        report = json.loads(path.read_text())
+    the task's search split (same eval_limit, calibration size, seed and activation bits)."""
+    for name, report in _leaderboards(task.get("model"), task.get("dataset")):
         cfg = report.get("config", {})
-        if (cfg.get("eval_limit"), cfg.get("calib_size"), cfg.get("seed")) != (
-                task.get("eval_limit"), task.get("calib_size"), task.get("seed")):
+        if (cfg.get("eval_limit"), cfg.get("calib_size"), cfg.get("seed"), cfg.get("act_bits", 8)) != (
+                task.get("eval_limit"), task.get("calib_size"), task.get("seed"), task.get("act_bits", 8)):
             continue
         # human baselines only: a leaderboard may also hold discovered proxies' rows
         rows = [r for r in report.get("rows", []) if r.get("budget") == task.get("budget") and "error" not in r
                 and r.get("proxy") in BASELINES]
         if rows:
-            return path.name, cfg, rows
+            return name, cfg, rows
     return None
+
+
+def _leaderboards(model: str | None, dataset: str | None):
+    """(name, report) of the committed leaderboards of a model and data set, in order of preference;
+    then the held-out runs' per-model reports (the A4 run's is the only leaderboard at 4-bit activations)."""
+    results = ROOT / "benchmarks/results"
+    for pattern in LEADERBOARDS:
+        path = results / pattern.format(model=model, dataset=dataset)
+        if path.is_file():
+            yield path.name, json.loads(path.read_text())
+    for path in sorted((results / "experiment").glob("heldout*.json")):
+        held = json.loads(path.read_text())
+        report = held.get("models", {}).get(model, {}).get("rtn", {}).get("report")
+        if report and report.get("config", {}).get("dataset") == dataset:
+            yield f"experiment/{path.name}", report
 
 
 def leaderboard_human(task: dict) -> dict | None:

@@ -22,3 +22,7 @@ search exp-paper-s2 --seed 2
 # 3 avg bits with 4-bit activations, best - median of the human baselines 2.5 points after
 # reconstruction (at {2,3,4,8} bits or 2.25-2.5 avg bits with A8: 0.3 points at most).
 search exp-a4-s0 --act-bits 4
+# The reconstruction-aware fitness at the same setting (issue 17): acc_quant after a short block
+# reconstruction of each candidate's allocation (10 steps per block on 64 images: ~50 s a candidate
+# on the 2 cores, against ~27 s for round-to-nearest; benchmarks/results/recon_fitness.json).
+search exp-a4-recon-s0 --act-bits 4 --fitness-ptq reconstruct --fitness-recon-iters 10 --fitness-calib 64

@@ -225,14 +225,8 @@ def _train(config: TrainConfig, ranks: Ranks, log) -> dict:
                 x = x.contiguous(memory_format=torch.channels_last)
             for group in optimizer.param_groups:
                 group["lr"] = one_cycle_lr(progress, config.lr, config.warmup)
-            try:
-                loss = train_step(forward, model, optimizer, x, train_y[index], config, generator)
-            except Exception as error:  # torch.compile fails in many ways; the run goes on eagerly
-                if forward is trained:
-                    raise
-                log(f"torch.compile failed ({type(error).__name__}: {str(error)[:200]}); training eagerly")
-                forward = trained
-                loss = train_step(forward, model, optimizer, x, train_y[index], config, generator)
+            loss, forward = _guarded_step(forward, trained, model, optimizer, x, train_y[index], config,
+                                          generator, log)
             step += 1
         else:
             epochs_run += 1
@@ -247,6 +241,18 @@ def _train(config: TrainConfig, ranks: Ranks, log) -> dict:
                                 splits, train_seconds, epochs_run, step, log, ranks.world)
     ranks.barrier()
     return meta
+
+
+def _guarded_step(forward, trained, model, optimizer, x, y, config, generator, log):
+    """One step through ``forward``; torch.compile fails in many ways, and then the run goes on
+    eagerly (through ``trained``, the plain or DDP-wrapped module). Returns (loss, the forward used)."""
+    try:
+        return train_step(forward, model, optimizer, x, y, config, generator), forward
+    except Exception as error:
+        if forward is trained:
+            raise
+        log(f"torch.compile failed ({type(error).__name__}: {str(error)[:200]}); training eagerly")
+        return train_step(trained, model, optimizer, x, y, config, generator), trained
 
 
 def _log_epoch(config, model, splits, epochs_run, step, schedule, progress, loss, log) -> None:

@@ -1,6 +1,7 @@
 """The sandbox's wire format and static gate: pure functions, no processes."""
 import json
 import math
+import types
 
 import pytest
 
@@ -171,7 +172,10 @@ def test_auto_backend_says_in_one_line_which_it_took_and_what_to_do(monkeypatch,
     from sandbox.pool import resolve_backend
 
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/tap-mpq.sock")  # no engine answers there
-    monkeypatch.setattr(sandbox.docker_backend.shutil, "which", lambda name: installed)
+    # Only the Docker backend's view of shutil: patching shutil.which itself also hid `unshare` from
+    # the process backend's cached namespace probe, and every later pool of the session (e.g.
+    # test_sandbox_pool run after this file) ran its hostile proxies without namespaces.
+    monkeypatch.setattr(sandbox.docker_backend, "shutil", types.SimpleNamespace(which=lambda name: installed))
     said = []
     assert resolve_backend("auto", said.append) == "process"
     assert len(said) == 1 and "\n" not in said[0]
@@ -217,8 +221,23 @@ def test_workers_inherit_no_environment(monkeypatch):
     from sandbox.process_backend import PROJECT_ROOT, worker_environment
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-should-not-travel")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
     env = worker_environment(gpu="1")
     assert "OPENAI_API_KEY" not in env and env["CUDA_VISIBLE_DEVICES"] == "1"
     assert env["PYTHONPATH"] == str(PROJECT_ROOT) and set(env) <= {
         "PATH", "PYTHONPATH", "HOME", "LANG", "PYTHONDONTWRITEBYTECODE", "CUDA_VISIBLE_DEVICES"}
     assert "CUDA_VISIBLE_DEVICES" not in worker_environment(gpu="all")
+
+
+def test_workers_keep_the_thread_budget_and_nothing_else(monkeypatch):
+    from sandbox.process_backend import worker_environment
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-should-not-travel")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("MKL_NUM_THREADS", "1; echo sk-should-not-travel")  # digits only
+    env = worker_environment()
+    assert env["OMP_NUM_THREADS"] == "1" and "MKL_NUM_THREADS" not in env
+    assert "sk-should-not-travel" not in " ".join(env.values())
+    monkeypatch.setenv("OMP_NUM_THREADS", "0")
+    assert "OMP_NUM_THREADS" not in worker_environment()

@@ -29,6 +29,9 @@ class SlotSpec:
     """A GPU index, ``all``, or None for the CPU."""
     mode: str = "auto"
     """Worker mode: ``auto``, ``fork`` or ``in-process`` (see ``sandbox.worker``)."""
+    threads: int | None = None
+    """The slot's thread budget where the caller set none (``OMP_NUM_THREADS`` unset): the pool
+    shares the cores among its CPU slots; None leaves torch its default (a thread per core)."""
 
 
 class Launcher(Protocol):

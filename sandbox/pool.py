@@ -173,6 +173,16 @@ class SlotConnection:
         self.channel.kill()
 
 
+def slot_specs(task: dict, limits: Limits, cache_dir: Path, count: int, gpus: list[str],
+               mode: str = "auto") -> list[SlotSpec]:
+    """What each of ``count`` slots runs: GPUs dealt round-robin; CPU slots share the cores
+    (each gets cores / slots threads unless the caller set OMP_NUM_THREADS: a thread per core in
+    every slot oversubscribes them, see process_backend.THREAD_VARIABLES)."""
+    threads = None if gpus else max(1, (os.cpu_count() or 1) // count)
+    return [SlotSpec(task, limits, cache_dir, gpus[i % len(gpus)] if gpus else None, mode, threads)
+            for i in range(count)]
+
+
 class EvaluatorPool:
     """N evaluator slots for one task, on one of the registered backends."""
 
@@ -197,10 +207,8 @@ class EvaluatorPool:
         gpus = list(gpus or [])
         count = workers or max(1, len(gpus))
         launcher = BACKENDS[self.backend]
-        self._launchers = [
-            launcher.for_slot(SlotSpec(self.task.to_dict(), limits, cache_dir,
-                                       gpus[i % len(gpus)] if gpus else None, worker_mode), settings)
-            for i in range(count)]
+        self._launchers = [launcher.for_slot(spec, settings)
+                           for spec in slot_specs(self.task.to_dict(), limits, cache_dir, count, gpus, worker_mode)]
         self._progress = progress or (lambda slot, done, total: None)
         self._requests: queue.Queue = queue.Queue()
         self._completed: queue.Queue = queue.Queue()

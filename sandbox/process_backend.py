@@ -58,20 +58,26 @@ def namespace_support() -> tuple[bool, str]:
 
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
-"""The thread budget the orchestrator runs under, passed on when set to a positive integer:
-unset, torch takes a thread per core in each slot (several slots and a busy machine make
-that many threads per core; on 2 shared cores a slot's load took 20 s instead of 0.4 s)."""
+"""The thread budget the orchestrator runs under, passed on when set to a positive integer;
+unset, the slot's own budget (``SlotSpec.threads``). With neither, torch takes a thread per core
+in each slot: several slots on a busy machine make that many threads per core, and on 2 shared
+cores a slot's load took 20 s instead of 0.4 s (benchmarks/results/test_suite.md, session 6)."""
 
 
-def worker_environment(gpu: str | None = None) -> dict[str, str]:
+def worker_environment(gpu: str | None = None, threads: int | None = None) -> dict[str, str]:
     """The worker's whole environment: nothing inherited (no keys, no tokens) but the
-    thread budget (``THREAD_VARIABLES``, digits only)."""
+    thread budget (``THREAD_VARIABLES``, digits only; else ``threads`` if given)."""
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(PROJECT_ROOT), "HOME": "/tmp",
            "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
     for name in THREAD_VARIABLES:
         value = os.environ.get(name, "")
         if value.isdigit() and int(value) > 0:
             env[name] = value
+        elif threads:
+            env[name] = str(threads)
+    # Idle OpenMP threads sleep instead of spinning: spinning threads of several slots, on cores
+    # other jobs also use, slow every one of them (the local LLM server sets the same).
+    env["OMP_WAIT_POLICY"] = "PASSIVE"
     if gpu not in (None, "all"):
         env["CUDA_VISIBLE_DEVICES"] = gpu
     return env
@@ -117,7 +123,7 @@ class ProcessLauncher:
         isolation.libc()  # loaded here: the child must not load libraries between fork and exec
         parent = os.getpid()
         process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, env=worker_environment(spec.gpu),
+                                   stderr=subprocess.PIPE, env=worker_environment(spec.gpu, spec.threads),
                                    cwd="/", start_new_session=True,
                                    preexec_fn=lambda: isolation.die_with_parent(parent))
         return _process_channel(process)

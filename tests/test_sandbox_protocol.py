@@ -2,6 +2,7 @@
 import json
 import math
 import types
+from pathlib import Path
 
 import pytest
 
@@ -226,7 +227,7 @@ def test_workers_inherit_no_environment(monkeypatch):
     env = worker_environment(gpu="1")
     assert "OPENAI_API_KEY" not in env and env["CUDA_VISIBLE_DEVICES"] == "1"
     assert env["PYTHONPATH"] == str(PROJECT_ROOT) and set(env) <= {
-        "PATH", "PYTHONPATH", "HOME", "LANG", "PYTHONDONTWRITEBYTECODE", "CUDA_VISIBLE_DEVICES"}
+        "PATH", "PYTHONPATH", "HOME", "LANG", "PYTHONDONTWRITEBYTECODE", "CUDA_VISIBLE_DEVICES", "OMP_WAIT_POLICY"}
     assert "CUDA_VISIBLE_DEVICES" not in worker_environment(gpu="all")
 
 
@@ -241,3 +242,21 @@ def test_workers_keep_the_thread_budget_and_nothing_else(monkeypatch):
     assert "sk-should-not-travel" not in " ".join(env.values())
     monkeypatch.setenv("OMP_NUM_THREADS", "0")
     assert "OMP_NUM_THREADS" not in worker_environment()
+
+
+def test_cpu_slots_share_the_cores_unless_the_caller_set_a_budget(monkeypatch):
+    from sandbox.pool import slot_specs
+    from sandbox.process_backend import worker_environment
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    env = worker_environment(threads=3)
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "3" and env["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert "OMP_NUM_THREADS" not in worker_environment()
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the caller's budget wins
+    assert worker_environment(threads=3)["OMP_NUM_THREADS"] == "2"
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    cpu = slot_specs({}, Limits(), Path("/tmp"), 4, [])
+    assert [s.threads for s in cpu] == [2, 2, 2, 2] and {s.gpu for s in cpu} == {None}
+    gpu = slot_specs({}, Limits(), Path("/tmp"), 3, ["0", "1"])
+    assert [s.gpu for s in gpu] == ["0", "1", "0"] and {s.threads for s in gpu} == {None}

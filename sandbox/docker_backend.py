@@ -94,7 +94,7 @@ def offline_host_mounts() -> tuple[str, ...]:
 
 
 def container_spec(settings: DockerSettings, task: dict, limits: Limits, cache_dir: Path,
-                   gpu: str | None = None, mode: str = "auto") -> dict:
+                   gpu: str | None = None, mode: str = "auto", threads: int | None = None) -> dict:
     """Keyword arguments of ``client.containers.create`` for one evaluator slot.
 
     ``settings`` must be ``resolved()``. Pure: same arguments, same spec.
@@ -122,7 +122,9 @@ def container_spec(settings: DockerSettings, task: dict, limits: Limits, cache_d
         "security_opt": ["no-new-privileges"],
         "volumes": volumes,
         "environment": {"PYTHONPATH": settings.project_dir, "HOME": "/tmp", "PATH": "/usr/bin:/bin",
-                        "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"},
+                        "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", "OMP_WAIT_POLICY": "PASSIVE",
+                        # the slot's share of the cores (SlotSpec.threads), as for process slots
+                        **({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {})},
         "working_dir": "/tmp",
         "stdin_open": True,
         "tty": False,
@@ -222,7 +224,7 @@ class DockerLauncher:
             build_offline_image(self.settings.docker_host)
         spec = self.spec
         container = engine.containers.create(**container_spec(settings, spec.task, spec.limits, spec.cache_dir,
-                                                              spec.gpu, spec.mode))
+                                                              spec.gpu, spec.mode, spec.threads))
         sock = engine.api.attach_socket(container.id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
         container.start()
         return _ContainerStream(container, sock).channel

@@ -31,9 +31,9 @@ GOOD = (PROJECT_ROOT / "mpq" / "proxies" / "weight_norm.py").read_text()
 CACHE = Path("/var/cache/tap-mpq-test")
 
 
-def spec(gpu=None, settings=None):
+def spec(gpu=None, settings=None, threads=None):
     settings = (settings or DockerSettings(memory_mb=3000, pids=99, cpus=1.5)).resolved()
-    return container_spec(settings, TASK.to_dict(), LIMITS, CACHE, gpu)
+    return container_spec(settings, TASK.to_dict(), LIMITS, CACHE, gpu, threads=threads)
 
 
 # --- the specification: a pure function -------------------------------------------
@@ -47,7 +47,8 @@ def test_containers_are_locked_down():
     assert s["security_opt"] == ["no-new-privileges"]
     assert "device_requests" not in s
     assert s["auto_remove"] is True and s["detach"] is False  # StdinOnce: dies with the orchestrator
-    assert set(s["environment"]) == {"PYTHONPATH", "HOME", "PATH", "LANG", "PYTHONDONTWRITEBYTECODE"}
+    assert set(s["environment"]) == {"PYTHONPATH", "HOME", "PATH", "LANG", "PYTHONDONTWRITEBYTECODE", "OMP_WAIT_POLICY"}
+    assert spec(threads=2)["environment"]["OMP_NUM_THREADS"] == "2"  # the slot's share of the cores
 
 
 def test_the_project_and_host_python_are_mounted_read_only():

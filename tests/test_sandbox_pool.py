@@ -105,6 +105,9 @@ def test_results_come_in_completion_order_with_their_ids(pool):
 def test_namespaces_are_used_or_their_absence_is_said(pool):
     notes = " ".join(pool.evaluate(ALIVE).isolation_notes)
     available, why = namespace_support()
+    # the answer is cached per process: a test that faked the environment while it was first
+    # probed would have switched namespaces off for every later pool (seen: canaries in /tmp)
+    assert namespace_support.__wrapped__() == (available, why), "the cached namespace probe is stale"
     if available:
         assert "network, mount and PID namespaces" in notes and "read-only" in notes and "nobody" in notes
     else:

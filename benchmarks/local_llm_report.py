@@ -210,6 +210,11 @@ def table(default_key: str) -> dict:
     return report
 
 
+def _run_file(path: Path) -> Path:
+    """A run file as given, or by its name in the results folder (``local_llm_0.5b_full.json``)."""
+    return path if path.is_file() or path.parent != Path(".") else RESULTS / path.name
+
+
 def main(argv: list[str] | None = None) -> int:
     from mpq.task import Task
 
@@ -226,7 +231,13 @@ def main(argv: list[str] | None = None) -> int:
     task = replace(default, model=args.model, dataset=args.dataset, data_root=args.data_root,
                    budget=args.budget, eval_limit=args.eval_limit)
     if args.rescore:
-        rescore(task, args.files or run_files())
+        files = [_run_file(f) for f in args.files] if args.files else run_files()
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:  # before the pool starts (minutes on a busy machine)
+            print(f"error: no such run file: {', '.join(missing)} (names are looked up in {RESULTS} too)",
+                  file=sys.stderr)
+            return 2
+        rescore(task, files)
     table(task_key(task.to_dict()))
     return 0
 

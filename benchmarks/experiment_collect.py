@@ -102,7 +102,8 @@ def run_config(run: dict, config: dict) -> dict:
             "seed_population": search.get("seed_population", "llm"), "budget": task.get("budget"),
             "model": run.get("model"), "dataset": run.get("dataset"), "eval_limit": task.get("eval_limit"),
             "calib_size": task.get("calib_size"), "task_seed": task.get("seed"), "bits": task.get("bits"),
-            "act_bits": task.get("act_bits", 8),
+            "act_bits": task.get("act_bits", 8), "fitness_ptq": task.get("fitness_ptq", "rtn"),
+            "fitness_recon_iters": task.get("fitness_recon_iters"), "fitness_calib": task.get("fitness_calib"),
             "llm": run.get("llm"), "prompts_dir": run.get("prompts_dir"), "generations": run.get("generations"),
             "population": run.get("population"), "git_rev": run.get("git_rev"), "final": config.get("final")}
 
@@ -214,7 +215,10 @@ def _leaderboards(model: str | None, dataset: str | None):
 
 
 def leaderboard_human(task: dict) -> dict | None:
-    """The best human baseline's phi (and parts) at the task's budget on the same search split."""
+    """The best human baseline's phi (and parts) at the task's budget on the same search split; None
+    for a search whose fitness is measured after reconstruction (the leaderboards' phi is RTN's)."""
+    if task.get("fitness_ptq", "rtn") != "rtn":
+        return None
     found = _leaderboard_rows(task)
     if found is None:
         return None

@@ -75,7 +75,7 @@ def header(figures: Figures) -> str:
         f"Searches collected: {len(figures.searches) or 'none'}; held-out evaluation: "
         f"{(figures.heldout or {}).get('status', 'not yet run')}; at 4-bit activations: "
         f"{(figures.heldout_a4 or {}).get('status', 'not yet run')}"
-        + (f", not yet for {', '.join(missing)} (GPU: benchmarks/gpu_heldout_and_scan.sh)."
+        + (f", not yet for {', '.join(missing)} (GPU: benchmarks/gpu_heldout_and_scan.sh; at 4-bit activations gpu_recon_and_heldout.sh)."
            if (missing := not_held_out(figures)) else ".")])
 
 

@@ -57,12 +57,8 @@ def a4_view(figures: Figures) -> Figures | None:
 
 
 def a4_searches(figures: Figures) -> list[str]:
-    """The searches run at 4-bit activations: ``act_bits`` 4 in their config, or (``collect`` does not
-    record act_bits) those whose proxy only the 4-bit held-out run judged."""
-    judged_a8 = (figures.heldout or {}).get("proxies", {})
-    judged_a4 = (figures.heldout_a4 or {}).get("proxies", {})
-    return sorted(run_id for run_id, s in figures.searches.items()
-                  if s["config"].get("act_bits", 8) == 4 or (run_id in judged_a4 and run_id not in judged_a8))
+    """The searches run at 4-bit activations (``act_bits`` in their collected config; 8 when absent)."""
+    return sorted(run_id for run_id, s in figures.searches.items() if s["config"].get("act_bits", 8) == 4)
 
 
 # --------------------------------------------------------------------------- held-out rows

@@ -9,7 +9,7 @@
 # leaderboards are a separate job (gpu_recon_and_heldout.sh): they need ~70 s of set-up plus
 # ~140 s per budget on ResNet50, which would eat the training's time.
 # Needs .data/cifar10/{train,test}.npz and timm. Writes into $OUT: <model>_cifar10.pt (a file over
-# the 16 MiB a device call returns comes back split: <model>_cifar10.pt.part-aa, -ab, ...;
+# the 16 MiB a device call returns comes back split: <model>_cifar10.pt.part-00, -01, ...;
 # `cat` them), leaderboards_logs.tgz (leaderboard JSONs + every log). The checkpoints are also kept
 # in $KEEP (default .carry/gpu, ignored by git) for a later call on the same warm machine.
 # The device takes at most 64 MiB of tree + carry a call: full CIFAR-10 (55.8 MB) does not fit
@@ -24,6 +24,7 @@
 # its loss stayed at ln 10 for all 67 epochs (train_logs/swin_cifar10_compiled.log).
 set -u
 OUT=${OUT:?set OUT}; TRAIN_S=${TRAIN_S:-330}; DATA=${DATA:-.data/cifar10}; KEEP=${KEEP:-.carry/gpu}
+MODELS=${MODELS:-resnet50@0 vit@0 swin@0}
 LOGS=$(mktemp -d); mkdir -p "$KEEP"
 export PYTHONUNBUFFERED=1 TAP_MPQ_CACHE=${TAP_MPQ_CACHE:-/tmp/tap-mpq-cache} OMP_NUM_THREADS=2
 python3 -c "import timm, torch; print('timm', timm.__version__, 'torch', torch.__version__, torch.cuda.device_count(), 'x', torch.cuda.get_device_name())"
@@ -56,9 +57,9 @@ leaderboard() {  # model, GPU
     --json "$LOGS/leaderboard_$1_cifar10.json" > "$LOGS/leaderboard_$1_cifar10.log" 2>&1
   echo "$1 leaderboard: exit $?"
 }
-for entry in ${MODELS:-resnet50@0 vit@0 swin@0}; do train "${entry%@*}" "${entry#*@}" & done
+for entry in $MODELS; do train "${entry%@*}" "${entry#*@}" & done
 wait
-for entry in ${MODELS:-resnet50@0 vit@0 swin@0}; do
+for entry in $MODELS; do
   m=${entry%@*}; gpus=${entry#*@}
   [ -f "$KEEP/${m}_cifar10.pt" ] || continue
   split -b 16000000 -d "$KEEP/${m}_cifar10.pt" "$OUT/${m}_cifar10.pt.part-"

@@ -234,8 +234,9 @@ def test_report_on_synthetic_json(tmp_path):
     results = tmp_path / "experiment"
     (results / "proxies").mkdir(parents=True)
     for run_id, controller, seed in (("exp-a", "paper", 0), ("exp-b", "paper", 1), ("exp-d", "dpo", 9)):
-        (results / f"search_{run_id}.json").write_text(json.dumps(synthetic_search(run_id, controller, seed,
-                                                                                   [0.5, 0.7])))
+        search = synthetic_search(run_id, controller, seed, [0.5, 0.7])
+        search["config"]["act_bits"] = 4 if run_id == "exp-b" else 8  # exp-b: the A4 search
+        (results / f"search_{run_id}.json").write_text(json.dumps(search))
         (results / "proxies" / f"{run_id}.py").write_text(f'"""{run_id} reasoning."""\n' + STAND_IN)
     rows = [row("uniform", [0.23, 0.24, 0.25], [0.899, 0.900, 0.901]),
             row("snip", [0.73, 0.74, 0.75], [0.894, 0.895, 0.896]),
@@ -251,7 +252,7 @@ def test_report_on_synthetic_json(tmp_path):
                row("snip", [0.68, 0.69, 0.70], [0.835, 0.84, 0.845]),
                row("ompq", [0.63, 0.64, 0.65], [0.838, 0.841, 0.844]),
                row("exp-a", [0.68, 0.69, 0.70], [0.835, 0.84, 0.845]),  # snip's allocation (same bits)
-               row("exp-b", [0.35, 0.36, 0.37], [0.815, 0.816, 0.817])]  # judged only at A4: the A4 search
+               row("exp-b", [0.35, 0.36, 0.37], [0.815, 0.816, 0.817])]  # the A4 search
     (results / "heldout_a4.json").write_text(json.dumps(
         {**heldout, "config": {**heldout["config"], "act_bits": 4}, "proxies": {"exp-b": {"sha256": "x"}},
          "models": {"mobilenetv2": {"rtn": {"report": {"rows": a4_rows}}}}}))

@@ -56,7 +56,10 @@ def pool_for(task: Task, backend: str, slots: int, limits):
 
     on_gpu = task.device.startswith("cuda")
     if backend == "ray":
-        settings = RaySettings(cpus_per_slot=1.0, gpus_per_slot=(1.0 / slots) if on_gpu else 0.0)
+        # each slot gets its share of the cores, as a process slot does (pool.slot_specs): a Ray actor
+        # of 1 CPU runs its worker on one thread, 16 times slower on the GPU machine (ray.json, diagnostic)
+        settings = RaySettings(cpus_per_slot=float(max(1, (os.cpu_count() or 1) // slots)),
+                               gpus_per_slot=(1.0 / slots) if on_gpu else 0.0)
         return EvaluatorPool(task, backend="ray", workers=slots, limits=limits, settings=settings, log=print)
     return EvaluatorPool(task, backend=backend, workers=slots, limits=limits, gpus=["0"] * slots if on_gpu else None,
                          log=print)
@@ -88,6 +91,22 @@ def measure(task: Task, backend: str, slots: int, evaluations: int, limits) -> d
     return figure
 
 
+def write(args, task: Task, cluster: dict, figures: dict[str, list[dict]]) -> None:
+    """Merge this run's figures so far into ``args.out`` under its key."""
+    from benchmarks.quantizer import machine
+
+    run = {"machine": {**machine(args.device), "label": args.label, "ray_cluster": cluster},
+           "note": args.note, "task": task.to_dict(), "evaluations": args.evaluations, "figures": figures,
+           "speedup_vs_1_slot": {b: {str(f["slots"]): f["evaluations_per_minute"] / rows[0]["evaluations_per_minute"]
+                                     for f in rows} for b, rows in figures.items()},
+           "how_to_read": "evaluations_per_minute: proxies judged per minute of a warm pool, all submitted at once; "
+                          "warm-up (Ray actors placed, task loaded, ground truth) is reported apart, not timed in."}
+    results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    results[f"{args.label}_{args.model}_{args.dataset}_{args.device}"] = run
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="mobilenetv2")
@@ -105,29 +124,23 @@ def main() -> None:
 
     import ray
 
-    from benchmarks.quantizer import machine
     from sandbox.protocol import Limits
 
     task = Task(model=args.model, dataset=args.dataset, data_root=args.data_root, device=args.device,
                 eval_limit=args.eval_limit)
     limits = Limits(timeout_s=600, startup_s=1800)
     ray.init(address="local", include_dashboard=False, log_to_driver=False)  # once: every Ray pool joins it
+    figures: dict[str, list[dict]] = {}
     try:
-        figures = {backend: [measure(task, backend, n, args.evaluations, limits) for n in args.slots]
-                   for backend in args.backends}
         cluster = ray.cluster_resources()
+        # slot counts outer, backends inner, the file rewritten after each: a call cut short by its
+        # time limit still leaves every pair of figures it finished
+        for slots in args.slots:
+            for backend in args.backends:
+                figures.setdefault(backend, []).append(measure(task, backend, slots, args.evaluations, limits))
+                write(args, task, cluster, figures)
     finally:
         ray.shutdown()
-    run = {"machine": {**machine(args.device), "label": args.label, "ray_cluster": cluster},
-           "note": args.note, "task": task.to_dict(), "evaluations": args.evaluations, "figures": figures,
-           "speedup_vs_1_slot": {b: {str(f["slots"]): f["evaluations_per_minute"] / rows[0]["evaluations_per_minute"]
-                                     for f in rows} for b, rows in figures.items()},
-           "how_to_read": "evaluations_per_minute: proxies judged per minute of a warm pool, all submitted at once; "
-                          "warm-up (Ray actors placed, task loaded, ground truth) is reported apart, not timed in."}
-    results = json.loads(args.out.read_text()) if args.out.exists() else {}
-    results[f"{args.label}_{args.model}_{args.dataset}_{args.device}"] = run
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"written to {os.path.relpath(args.out)}")
 
 

@@ -27,7 +27,7 @@ from sandbox.backend import Launcher, SlotSpec
 from sandbox.channel import WorkerChannel
 from sandbox.docker_backend import DockerLauncher
 from sandbox.gate import GateRejection, check_source
-from sandbox.process_backend import ProcessLauncher
+from sandbox.process_backend import ProcessLauncher, caller_thread_budget
 from sandbox.protocol import (
     EvaluationRequest,
     EvaluationResult,
@@ -175,10 +175,11 @@ class SlotConnection:
 
 def slot_specs(task: dict, limits: Limits, cache_dir: Path, count: int, gpus: list[str],
                mode: str = "auto") -> list[SlotSpec]:
-    """What each of ``count`` slots runs: GPUs dealt round-robin; CPU slots share the cores
-    (each gets cores / slots threads unless the caller set OMP_NUM_THREADS: a thread per core in
-    every slot oversubscribes them, see process_backend.THREAD_VARIABLES)."""
-    threads = None if gpus else max(1, (os.cpu_count() or 1) // count)
+    """What each of ``count`` slots runs: GPUs dealt round-robin, and a thread budget on every
+    backend: the caller's ``OMP_NUM_THREADS`` if set, else an even share of the cores. GPU slots too:
+    their proxies' scores and the allocator run on the CPU, and 8 slots of a thread per core each
+    oversubscribe the machine (see process_backend.THREAD_VARIABLES)."""
+    threads = caller_thread_budget() or max(1, (os.cpu_count() or 1) // count)
     return [SlotSpec(task, limits, cache_dir, gpus[i % len(gpus)] if gpus else None, mode, threads)
             for i in range(count)]
 

@@ -58,23 +58,26 @@ def namespace_support() -> tuple[bool, str]:
 
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
-"""The thread budget the orchestrator runs under, passed on when set to a positive integer;
-unset, the slot's own budget (``SlotSpec.threads``). With neither, torch takes a thread per core
-in each slot: several slots on a busy machine make that many threads per core, and on 2 shared
+"""What a slot's thread budget (``SlotSpec.threads``) is written to. Unset, torch takes a thread per
+core in each slot: several slots on a busy machine make that many threads per core, and on 2 shared
 cores a slot's load took 20 s instead of 0.4 s (benchmarks/results/test_suite.md, session 6)."""
 
 
+def caller_thread_budget() -> int | None:
+    """``OMP_NUM_THREADS`` of the orchestrator when it is a positive integer (digits only: the
+    value travels into a sandbox), else None."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
 def worker_environment(gpu: str | None = None, threads: int | None = None) -> dict[str, str]:
-    """The worker's whole environment: nothing inherited (no keys, no tokens) but the
-    thread budget (``THREAD_VARIABLES``, digits only; else ``threads`` if given)."""
+    """The worker's whole environment: nothing inherited (no keys, no tokens) but a thread budget,
+    ``threads`` if given (the pool's share, see ``pool.slot_specs``), else the caller's."""
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(PROJECT_ROOT), "HOME": "/tmp",
            "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
-    for name in THREAD_VARIABLES:
-        value = os.environ.get(name, "")
-        if value.isdigit() and int(value) > 0:
-            env[name] = value
-        elif threads:
-            env[name] = str(threads)
+    budget = threads or caller_thread_budget()
+    if budget:
+        env.update(dict.fromkeys(THREAD_VARIABLES, str(budget)))
     # Idle OpenMP threads sleep instead of spinning: spinning threads of several slots, on cores
     # other jobs also use, slow every one of them (the local LLM server sets the same).
     env["OMP_WAIT_POLICY"] = "PASSIVE"

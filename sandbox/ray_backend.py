@@ -56,7 +56,9 @@ class RaySettings:
 
     address: str | None = None
     """A Ray cluster address (``auto``, ``ray://host:10001``); None = a local instance for this pool."""
-    cpus_per_slot: float = 1.0
+    cpus_per_slot: float | None = None
+    """None: an even share of a local instance's CPUs, 1 on a cluster. The slot's worker runs
+    that many threads (at least one): Ray itself gives an actor OMP_NUM_THREADS = its CPUs."""
     gpus_per_slot: float | None = None
     """Fractions allowed (0.25: four slots per GPU); None: see ``gpus_for``."""
 
@@ -65,7 +67,7 @@ class RaySettings:
         """Settings from ``TAP_MPQ_RAY_*`` (how ``graph.run`` and the commands reach them)."""
         gpus = os.environ.get(GPUS_ENV)
         return cls(address=os.environ.get(ADDRESS_ENV) or None,
-                   cpus_per_slot=float(os.environ.get(CPUS_ENV) or 1.0),
+                   cpus_per_slot=float(os.environ[CPUS_ENV]) if os.environ.get(CPUS_ENV) else None,
                    gpus_per_slot=float(gpus) if gpus else None)
 
     def gpus_for(self, task: dict, share_among: int = 1, gpus: float = 1.0) -> float:
@@ -76,6 +78,13 @@ class RaySettings:
         if not str(task.get("device", "cpu")).startswith("cuda"):
             return 0.0
         return min(1.0, gpus / max(1, share_among))
+
+    def cpus_for(self, share_among: int = 1, cpus: float = 1.0) -> float:
+        """What a slot asks for: as set, else an even share of ``cpus`` among ``share_among`` slots
+        (a local instance), at least 1."""
+        if self.cpus_per_slot is not None:
+            return self.cpus_per_slot
+        return max(1.0, float(int(cpus // max(1, share_among))))
 
 
 class SlotActor:
@@ -149,7 +158,7 @@ def join_cluster(settings: RaySettings) -> str:
             return "the Ray instance this process already joined"
         # "local" starts a fresh instance even where RAY_ADDRESS points elsewhere; it offers at least a
         # CPU per slot asked, so that --workers N gives N slots here as with --sandbox process.
-        cpus = None if settings.address else max(os.cpu_count() or 1, math.ceil(_slots_asked * settings.cpus_per_slot))
+        cpus = None if settings.address else max(os.cpu_count() or 1, math.ceil(_slots_asked * (settings.cpus_per_slot or 1.0)))
         _init_on_keeper(dict(address=settings.address or "local", num_cpus=cpus, include_dashboard=False,
                              log_to_driver=False, logging_level=logging.ERROR))  # no INFO/WARNING under the TUI
         _started_here = settings.address is None
@@ -229,7 +238,7 @@ class RayLauncher:
                 _slots_asked = 0
 
     def notes(self) -> list[str]:
-        return [f"ray backend: one actor per slot ({self.settings.cpus_per_slot:g} CPU and its GPU share); "
+        return ["ray backend: one actor per slot (its CPU and GPU share); "
                 "the worker in it isolated as by the process backend on its node"]
 
     def start(self) -> WorkerChannel:
@@ -237,14 +246,25 @@ class RayLauncher:
 
         join_cluster(self.settings)
         gpus = self.settings.gpus_for(self.spec.task)
-        if _started_here:  # a local instance: the slots share this machine's GPUs evenly
-            gpus = self.settings.gpus_for(self.spec.task, _slots_asked, ray.cluster_resources().get("GPU", 0.0))
-        env = {"env_vars": {"PYTHONPATH": str(PROJECT_ROOT)}}  # where the project lives at the same path
-        actor = _remote_actor().options(num_cpus=self.settings.cpus_per_slot, num_gpus=gpus,
-                                        runtime_env=env).remote(self.spec)
+        cpus = self.settings.cpus_for()
+        if _started_here:  # a local instance: the slots share this machine's CPUs and GPUs evenly
+            offered = ray.cluster_resources()
+            gpus = self.settings.gpus_for(self.spec.task, _slots_asked, offered.get("GPU", 0.0))
+            cpus = self.settings.cpus_for(_slots_asked, offered.get("CPU", 1.0))
+        # the worker's threads follow the CPUs the actor holds, not the orchestrator's share
+        spec = dataclasses.replace(self.spec, threads=max(1, int(cpus)))
+        actor = _remote_actor().options(num_cpus=cpus, num_gpus=gpus, runtime_env=actor_environment()).remote(spec)
         with _state_lock:
             _live_actors.add(actor)
         return _ActorStream(actor).channel
+
+
+def actor_environment() -> dict:
+    """The runtime env of a slot actor: the project (at the same path on every node) ahead of the
+    caller's ``PYTHONPATH``, which is kept: Ray itself may be importable only through it (a
+    ``pip install --target`` folder), and a worker that cannot import ray never registers."""
+    paths = [str(PROJECT_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return {"env_vars": {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}}
 
 
 class _ActorStream:

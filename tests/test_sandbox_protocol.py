@@ -238,13 +238,13 @@ def test_workers_keep_the_thread_budget_and_nothing_else(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("MKL_NUM_THREADS", "1; echo sk-should-not-travel")  # digits only
     env = worker_environment()
-    assert env["OMP_NUM_THREADS"] == "1" and "MKL_NUM_THREADS" not in env
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "1"  # one budget, never the caller's text
     assert "sk-should-not-travel" not in " ".join(env.values())
     monkeypatch.setenv("OMP_NUM_THREADS", "0")
     assert "OMP_NUM_THREADS" not in worker_environment()
 
 
-def test_cpu_slots_share_the_cores_unless_the_caller_set_a_budget(monkeypatch):
+def test_every_slot_shares_the_cores_unless_the_caller_set_a_budget(monkeypatch):
     from sandbox.pool import slot_specs
     from sandbox.process_backend import worker_environment
 
@@ -253,10 +253,15 @@ def test_cpu_slots_share_the_cores_unless_the_caller_set_a_budget(monkeypatch):
     env = worker_environment(threads=3)
     assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "3" and env["OMP_WAIT_POLICY"] == "PASSIVE"
     assert "OMP_NUM_THREADS" not in worker_environment()
-    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the caller's budget wins
-    assert worker_environment(threads=3)["OMP_NUM_THREADS"] == "2"
     monkeypatch.setattr("os.cpu_count", lambda: 8)
     cpu = slot_specs({}, Limits(), Path("/tmp"), 4, [])
     assert [s.threads for s in cpu] == [2, 2, 2, 2] and {s.gpu for s in cpu} == {None}
+    # GPU slots too (found on the GPU machine: 8 slots of a thread per core each oversubscribe it)
     gpu = slot_specs({}, Limits(), Path("/tmp"), 3, ["0", "1"])
-    assert [s.gpu for s in gpu] == ["0", "1", "0"] and {s.threads for s in gpu} == {None}
+    assert [s.gpu for s in gpu] == ["0", "1", "0"] and {s.threads for s in gpu} == {2}
+    assert slot_specs({}, Limits(), Path("/tmp"), 16, [])[0].threads == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the caller's budget wins, on every backend (the spec carries it)
+    assert {s.threads for s in slot_specs({}, Limits(), Path("/tmp"), 2, ["0"])} == {3}
+    # a slot's own budget wins over the environment it is started from (a Ray actor's OMP_NUM_THREADS=1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert worker_environment(threads=4)["OMP_NUM_THREADS"] == "4"

@@ -24,7 +24,7 @@ from test_sandbox_pool import CORPUS, GOOD, HOSTILE, TASK
 from mpq.cache import default_cache_dir
 from sandbox.pool import BACKEND_NAMES, EvaluatorPool, PoolError
 from sandbox.protocol import Limits
-from sandbox.ray_backend import RayLauncher, RaySettings, ray_installed
+from sandbox.ray_backend import RayLauncher, RaySettings, actor_environment, ray_installed
 
 pytestmark = [pytest.mark.ray, pytest.mark.skipif(
     not ray_installed(), reason="Ray is not installed: pip install '.[ray]' to run the Ray backend's tests")]
@@ -155,9 +155,24 @@ def test_settings_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("TAP_MPQ_RAY_ADDRESS", "ray://head:10001")
     monkeypatch.setenv("TAP_MPQ_RAY_GPUS_PER_SLOT", "0.25")
     settings = RaySettings.from_environment()
-    assert (settings.address, settings.gpus_per_slot, settings.cpus_per_slot) == ("ray://head:10001", 0.25, 1.0)
+    assert (settings.address, settings.gpus_per_slot, settings.cpus_per_slot) == ("ray://head:10001", 0.25, None)
+    monkeypatch.setenv("TAP_MPQ_RAY_CPUS_PER_SLOT", "2")
+    assert RaySettings.from_environment().cpus_for(share_among=4, cpus=16.0) == 2.0
+    # unset: a local instance's CPUs shared evenly (at least one each), one on a cluster
+    assert RaySettings().cpus_for(share_among=4, cpus=16.0) == 4.0 and RaySettings().cpus_for() == 1.0
+    assert RaySettings().cpus_for(share_among=3, cpus=2.0) == 1.0
     assert RaySettings().gpus_for({"device": "cuda"}, share_among=4, gpus=1.0) == 0.25
     assert RaySettings().gpus_for({"device": "cuda"}) == 1.0 and RaySettings().gpus_for({"device": "cpu"}) == 0.0
+
+
+def test_a_slot_actor_keeps_the_callers_python_path(monkeypatch):
+    # found on the GPU machine: Ray installed with `pip install --target`, importable only through
+    # PYTHONPATH; an actor env that replaced it started workers that could not import ray, and the
+    # pool waited for them until its start-up limit
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(["/tmp/site", str(ROOT)]))
+    assert actor_environment()["env_vars"]["PYTHONPATH"].split(os.pathsep) == [str(ROOT), "/tmp/site"]
+    monkeypatch.delenv("PYTHONPATH")
+    assert actor_environment()["env_vars"]["PYTHONPATH"] == str(ROOT)
 
 
 def test_a_baseline_is_judged_in_an_actor_under_the_process_isolation(pool):

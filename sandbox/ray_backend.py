@@ -19,7 +19,8 @@ The cluster: ``TAP_MPQ_RAY_ADDRESS`` (or ``RaySettings.address``), e.g.
 ``ray://head:10001`` or ``auto``; unset, the pool starts a local Ray instance
 and stops it when it closes (and Ray's own processes die with this one). Every
 node needs the project (same path, or installed) and the data at the task's
-``data_root``. Per slot: ``TAP_MPQ_RAY_CPUS_PER_SLOT`` (default 1) and
+``data_root``. Per slot: ``TAP_MPQ_RAY_CPUS_PER_SLOT`` (default: 1 on a cluster, an even share
+of this machine's CPUs on a local instance; the slot's worker runs that many threads) and
 ``TAP_MPQ_RAY_GPUS_PER_SLOT`` (default for a CUDA task: 1 on a cluster, an even
 share of this machine's GPUs on a local instance; 0 on the CPU).
 """

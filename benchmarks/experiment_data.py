@@ -153,14 +153,15 @@ def rank_agreement(rows: list[dict], budget: str) -> float | None:
 
 
 def heldout_gpu_seconds(figures: Figures) -> dict:
-    """Seconds of every held-out call (by model and phase) and where it ran."""
+    """Seconds of every held-out call, A8 and A4 (by model and phase), and where they ran."""
     if not figures.heldout:
         return {}
     total, parts, machines = 0.0, {}, set()
-    for call in figures.heldout.get("calls", []):
-        machines.add(call.get("machine", {}).get("gpu") or call.get("machine", {}).get("device", "?"))
-        for key, seconds in call.get("seconds", {}).items():
-            parts[key] = parts.get(key, 0.0) + seconds
-        # a call cut by the device's limit has no wall_s: its phases saved so far stand in for it
-        total += call.get("wall_s", sum(call.get("seconds", {}).values()))
+    for prefix, record in (("", figures.heldout), ("A4 ", figures.heldout_a4 or {})):
+        for call in record.get("calls", []):
+            machines.add(call.get("machine", {}).get("gpu") or call.get("machine", {}).get("device", "?"))
+            for key, seconds in call.get("seconds", {}).items():
+                parts[prefix + key] = parts.get(prefix + key, 0.0) + seconds
+            # a call cut by the device's limit has no wall_s: its phases saved so far stand in for it
+            total += call.get("wall_s", sum(call.get("seconds", {}).values()))
     return {"total_s": total, "parts": parts, "machines": sorted(machines)}

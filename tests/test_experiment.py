@@ -255,6 +255,8 @@ def test_report_on_synthetic_json(tmp_path):
                row("exp-b", [0.35, 0.36, 0.37], [0.815, 0.816, 0.817])]  # the A4 search
     (results / "heldout_a4.json").write_text(json.dumps(
         {**heldout, "config": {**heldout["config"], "act_bits": 4}, "proxies": {"exp-b": {"sha256": "x"}},
+         "calls": [{"machine": {"gpu": "NVIDIA H200"}, "seconds": {"mobilenetv2/rtn": 50.0, "mobilenetv2/recon": 140.0},
+                    "wall_s": 200.0}],
          "models": {"mobilenetv2": {"rtn": {"report": {"rows": a4_rows}}}}}))
     out = tmp_path / "experiment.md"
     assert experiment_main(["report", "--results", str(results), "--out", str(out)]) == 0
@@ -271,8 +273,8 @@ def test_report_on_synthetic_json(tmp_path):
     assert "| mobilenetv2 | 3avg | rtn | exp-a 80.5 | snip 74.0 | +6.5 | 2.0 | beyond the spread |" in answer
     assert "| mobilenetv2 | 3avg | recon | exp-a 89.9 | uniform 90.0 | -0.1 | 0.4 | within the spread |" in answer
     assert "over search seeds, paper / llm / 3avg (2 searches) at 3avg, rtn: 70.8 ± 13.8 (range 19.5)" in text
-    assert "400 GPU-seconds in all (calls' wall time, loading included) on NVIDIA H100 80GB HBM3" in text
-    assert "mobilenetv2/recon 300 s, mobilenetv2/rtn 80 s" in text
+    assert "600 GPU-seconds in all (calls' wall time, loading included) on NVIDIA H100 80GB HBM3, NVIDIA H200" in text
+    assert "A4 mobilenetv2/recon 140 s, A4 mobilenetv2/rtn 50 s, mobilenetv2/recon 300 s, mobilenetv2/rtn 80 s" in text
     assert "| exp-d | dpo | 9 | llm | 3avg | **no** (running) |" in text
     assert "resnet18 (transfer)" in text and "_not yet run_" in text.split("resnet18 (transfer)")[1]
     assert "exp-a reasoning." in text

@@ -128,7 +128,7 @@ def main() -> None:
 
     task = Task(model=args.model, dataset=args.dataset, data_root=args.data_root, device=args.device,
                 eval_limit=args.eval_limit)
-    limits = Limits(timeout_s=600, startup_s=1800)
+    limits = Limits(timeout_s=600, startup_s=240)  # a slot that cannot start says so inside a 10-minute device call
     ray.init(address="local", include_dashboard=False, log_to_driver=False)  # once: every Ray pool joins it
     figures: dict[str, list[dict]] = {}
     try:

@@ -58,7 +58,7 @@ def pool_for(task: Task, backend: str, slots: int, limits):
     if backend == "ray":
         # each slot gets its share of the cores, as a process slot does (pool.slot_specs): a Ray actor
         # of 1 CPU runs its worker on one thread, 16 times slower on the GPU machine (ray.json, diagnostic)
-        settings = RaySettings(cpus_per_slot=float(max(1, (os.cpu_count() or 1) // slots)),
+        settings = RaySettings(cpus_per_slot=RaySettings().cpus_for(slots, float(os.cpu_count() or 1)),
                                gpus_per_slot=(1.0 / slots) if on_gpu else 0.0)
         return EvaluatorPool(task, backend="ray", workers=slots, limits=limits, settings=settings, log=print)
     return EvaluatorPool(task, backend=backend, workers=slots, limits=limits, gpus=["0"] * slots if on_gpu else None,

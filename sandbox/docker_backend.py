@@ -37,7 +37,7 @@ from typing import ClassVar
 
 from sandbox.backend import SlotSpec
 from sandbox.channel import WorkerChannel
-from sandbox.process_backend import PROJECT_ROOT, worker_arguments
+from sandbox.process_backend import PROJECT_ROOT, THREAD_VARIABLES, worker_arguments
 from sandbox.protocol import Limits
 
 OFFLINE_IMAGE = "tap-mpq-evaluator:offline"
@@ -124,7 +124,7 @@ def container_spec(settings: DockerSettings, task: dict, limits: Limits, cache_d
         "environment": {"PYTHONPATH": settings.project_dir, "HOME": "/tmp", "PATH": "/usr/bin:/bin",
                         "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", "OMP_WAIT_POLICY": "PASSIVE",
                         # the slot's share of the cores (SlotSpec.threads), as for process slots
-                        **({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {})},
+                        **(dict.fromkeys(THREAD_VARIABLES, str(threads)) if threads else {})},
         "working_dir": "/tmp",
         "stdin_open": True,
         "tty": False,

@@ -4,8 +4,8 @@ Per backend and slot count: a warm pool (start-up not timed, reported apart),
 then ``--evaluations`` real proxies submitted at once (the human baselines of
 ``mpq.proxies`` and two mutations of each: the square root and the square of
 its scores' magnitude), timed from the first submit to the last result, in
-evaluations per minute. On a GPU all slots share the one GPU: Ray gives each
-``1/slots`` of it; the process backend gives every slot GPU 0. The Ray instance
+evaluations per minute. Slots share the machine's GPUs evenly: Ray gives each
+``gpus/slots`` of them (at most one), the process backend deals them round-robin. The Ray instance
 is local and started once for the whole benchmark. Results are merged into
 ``--out`` under ``<label>_<model>_<dataset>_<device>``.
 
@@ -40,10 +40,12 @@ def mutated(source: str, expression: str) -> str:
                      f"    s = _parent_score(layer)\n    return {expression}\n")
 
 
-def proxies() -> list[tuple[str, str]]:
-    """(name, source) of every baseline and its mutations."""
+def proxies(exclude: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """(name, source) of every baseline but ``exclude`` and its mutations."""
     found = []
     for name, path in BASELINES.items():
+        if name in exclude:
+            continue
         source = path.read_text()
         found.append((name, source))
         found += [(f"{name}~{m}", mutated(source, e)) for m, e in MUTATIONS.items()]
@@ -51,23 +53,24 @@ def proxies() -> list[tuple[str, str]]:
 
 
 def pool_for(task: Task, backend: str, slots: int, limits):
+    import torch
+
     from sandbox.pool import EvaluatorPool
     from sandbox.ray_backend import RaySettings
 
-    on_gpu = task.device.startswith("cuda")
+    gpus = torch.cuda.device_count() if task.device.startswith("cuda") else 0
     if backend == "ray":
-        # each slot gets its share of the cores, as a process slot does (pool.slot_specs): a Ray actor
-        # of 1 CPU runs its worker on one thread, 16 times slower on the GPU machine (ray.json, diagnostic)
+        # each slot gets its share of the cores and GPUs, as a process slot does (pool.slot_specs)
         settings = RaySettings(cpus_per_slot=RaySettings().cpus_for(slots, float(os.cpu_count() or 1)),
-                               gpus_per_slot=(1.0 / slots) if on_gpu else 0.0)
+                               gpus_per_slot=min(1.0, gpus / slots) if gpus else 0.0)
         return EvaluatorPool(task, backend="ray", workers=slots, limits=limits, settings=settings, log=print)
-    return EvaluatorPool(task, backend=backend, workers=slots, limits=limits, gpus=["0"] * slots if on_gpu else None,
-                         log=print)
+    return EvaluatorPool(task, backend=backend, workers=slots, limits=limits,
+                         gpus=[str(i % gpus) for i in range(slots)] if gpus else None, log=print)
 
 
-def measure(task: Task, backend: str, slots: int, evaluations: int, limits) -> dict:
+def measure(task: Task, backend: str, slots: int, evaluations: int, limits, exclude: tuple[str, ...] = ()) -> dict:
     """One warm pool: start-up, then ``evaluations`` proxies timed to the last result."""
-    work = proxies()
+    work = proxies(exclude)
     start = time.perf_counter()
     with pool_for(task, backend, slots, limits) as pool:
         if not pool.wait_ready(limits.startup_s):
@@ -85,9 +88,14 @@ def measure(task: Task, backend: str, slots: int, evaluations: int, limits) -> d
     figure = {"slots": slots, "evaluations": len(results), "elapsed_s": elapsed,
               "evaluations_per_minute": 60.0 * len(results) / elapsed, "warm_up_s": ready_s,
               "statuses": dict(statuses), "restarts": restarts, "failure_reasons": failed,
-              "median_eval_s": sorted(r.timings.get("roundtrip_s", 0.0) for r in results)[len(results) // 2]}
+              "median_eval_s": sorted(r.timings.get("roundtrip_s", 0.0) for r in results)[len(results) // 2],
+              # where the time goes: a few expensive proxies (HAWQ-V2's per-layer Hutchinson traces) bound
+              # how far slots can help, so each evaluation's round trip is kept
+              "roundtrip_s": {r.id: round(r.timings.get("roundtrip_s", 0.0), 3) for r in results}}
     print(f"{backend:8s} {slots} slot(s): {figure['evaluations_per_minute']:7.2f} evaluations/min "
-          f"({len(results)} in {elapsed:.1f} s, warm-up {ready_s:.1f} s, {dict(statuses)})", flush=True)
+          f"({len(results)} in {elapsed:.1f} s, warm-up {ready_s:.1f} s, {dict(statuses)}); slowest: "
+          + ", ".join(f"{k} {v:.1f} s" for k, v in sorted(figure["roundtrip_s"].items(), key=lambda kv: -kv[1])[:4]),
+          flush=True)
     return figure
 
 
@@ -117,6 +125,8 @@ def main() -> None:
     parser.add_argument("--slots", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--evaluations", type=int, default=40)
     parser.add_argument("--backends", nargs="+", default=["ray", "process"], choices=["ray", "process"])
+    parser.add_argument("--exclude", nargs="*", default=[], choices=sorted(BASELINES),
+                        help="baselines left out of the work (hawq_v2: three of its evaluations bound the makespan)")
     parser.add_argument("--label", default="gpu", help="names the machine in the results key (gpu, cpu-smoke)")
     parser.add_argument("--note", default="", help="what the figures are (and are not), kept with them")
     parser.add_argument("--out", type=Path, default=PROJECT / "benchmarks" / "results" / "ray.json")
@@ -137,7 +147,8 @@ def main() -> None:
         # time limit still leaves every pair of figures it finished
         for slots in args.slots:
             for backend in args.backends:
-                figures.setdefault(backend, []).append(measure(task, backend, slots, args.evaluations, limits))
+                figures.setdefault(backend, []).append(measure(task, backend, slots, args.evaluations, limits,
+                                                                    tuple(args.exclude)))
                 write(args, task, cluster, figures)
     finally:
         ray.shutdown()

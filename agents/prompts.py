@@ -198,14 +198,19 @@ def read_error_hints(directory: Path) -> tuple[tuple[str, str], ...]:
         text = _read_optional(folder, HINTS_FILE)
         if text is None:
             continue
-        hints = tuple(_HINT_ITEM.findall(text))
-        for pattern, _ in hints:
-            try:
-                re.compile(pattern)
-            except re.error as err:
-                raise PromptError(f"{folder}/{HINTS_FILE}: bad pattern `{pattern}`: {err}") from None
-        return hints
+        return parse_error_hints(text, f"{folder}/{HINTS_FILE}")
     return ()
+
+
+def parse_error_hints(text: str, where: str) -> tuple[tuple[str, str], ...]:
+    """(pattern, hint) of each ``- `pattern`: hint`` item of ``text``; ``where`` names it in errors."""
+    hints = tuple(_HINT_ITEM.findall(text))
+    for pattern, _ in hints:
+        try:
+            re.compile(pattern)
+        except re.error as err:
+            raise PromptError(f"{where}: bad pattern `{pattern}`: {err}") from None
+    return hints
 
 
 def shown_proxies(texts: Mapping[str, str]) -> dict[str, str]:

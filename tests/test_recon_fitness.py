@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -133,23 +130,33 @@ def test_bad_values_are_config_errors(tmp_path, args):
         parse_run_args(["--runs-dir", str(tmp_path), "--llm", SCRIPT, *args])
 
 
-def run_cli(module: str, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+def exit_and_stderr(main, argv: list[str], capsys) -> tuple[int, str]:
+    """A command's ``main`` run in this process: its exit code (argparse's own errors exit) and stderr.
+    In-process, not ``python -m``: two interpreters importing torch and langgraph per case took 30 s of
+    the suite; the shell's exit code is ``sys.exit(main())`` (checked from the shell in test_graph and
+    test_sandbox_pool)."""
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    return code, capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args", [["--fitness-ptq", "adaquant"], ["--fitness-recon-iters", "0"],
                                   ["--fitness-calib", "lots"]])
-def test_bad_flags_exit_2_with_one_line(tmp_path, args):
+def test_bad_flags_exit_2_with_one_line(tmp_path, args, capsys):
+    from graph.run import main as run_main
+    from sandbox.evaluate import main as evaluate_main
+
     runs = tmp_path / "runs"
     proxy = tmp_path / "p.py"
     proxy.write_text(NORM)
-    for done in (run_cli("graph.run", "--runs-dir", str(runs), "--llm", SCRIPT, "--no-tui", *args),
-                 run_cli("sandbox.evaluate", str(proxy), *args)):
-        assert done.returncode == 2 and args[0] in done.stderr
+    for code, stderr in (exit_and_stderr(run_main, ["--runs-dir", str(runs), "--llm", SCRIPT, "--no-tui", *args],
+                                         capsys),
+                         exit_and_stderr(evaluate_main, [str(proxy), *args], capsys)):
+        assert code == 2 and args[0] in stderr
         if args[1].isdigit():  # ours; argparse's own choice / type errors print its usage line first
-            assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+            assert len(stderr.strip().splitlines()) == 1, stderr
     assert not runs.exists()  # nothing written
 
 

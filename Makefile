@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
-# Packages are installed by uv, not pip: a fresh clone's install took 127 s with pip and 15 s
+# Packages are installed by uv, not pip: a fresh clone's install took 119-133 s with pip and 34-35 s
 # with uv (torch's 5 GB unpacked once into uv's cache, then hard-linked; see
 # benchmarks/results/install_tool.md). uv does not read pip's configuration, so the machine's
 # local package indexes (pip's global.extra-index-url: torch's CUDA wheels on this disk) are

@@ -25,7 +25,6 @@ from mpq.reconstruct import ReconConfig, reconstruct
 from mpq.task import Task
 from tests.mpq_tiny import tiny_setup
 
-ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = "scripted:tests/data/scripted_llm.json"
 NORM = "import torch\ndef score(layer):\n    return float(layer.weight.norm())\n"
 RECON = {"fitness_ptq": "reconstruct", "fitness_recon_iters": 20, "fitness_calib": 64}

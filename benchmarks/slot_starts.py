@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "slot_starts.json"
 WORKER_IMPORTS = "import sandbox.worker, mpq.fitness, mpq.models, mpq.data"
 """What a worker imports before it loads its evaluator (sandbox/worker.py: _start)."""
+UNIDENTIFIED = ("not identified (the parent chain reached PID 1 first: an orchestrator killed by a "
+                "lifecycle test, or one already gone)")
 RECHECK_S = 3.0
 """A new pid's command line is read again for this long: fork, then exec of unshare, then of python."""
 
@@ -58,11 +60,11 @@ def orchestrator_kind(command: list[bytes]) -> str:
     if "-m" in args[:-1]:
         module = args[args.index("-m") + 1]
         return "the pytest process" if module == "pytest" else f"python -m {module}"
-    if args and Path(args[0]).name == "pytest" or args[1:2] and Path(args[1]).name == "pytest":
+    if any(Path(arg).name == "pytest" for arg in args[:2]):
         return "the pytest process"
     if "-c" in args:
         return "python -c (a test's own orchestrator script)"
-    return "not identified (the parent chain reached PID 1 first: an orchestrator killed by a lifecycle test, or one already gone)"
+    return UNIDENTIFIED
 
 
 def _orchestrator(pid: int) -> tuple[int, str]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import re
 import tempfile
 import time
@@ -92,8 +93,10 @@ def main(argv: list[str] | None = None) -> int:
             for n, case in enumerate(work):
                 for sample in range(args.samples):
                     for label, prompts in (("before", before), ("after", after)):
-                        row = {**{k: case[k] for k in ("file", "template", "i", "reason")}, "hints": label,
-                               "sample": sample, **repaired(llm, prompts, ctx, pool, case, f"{n}-{label}-{sample}")}
+                        # failure: what the case ended on; reason (from repaired): what the repair ended on
+                        row = {**{k: case[k] for k in ("file", "template", "i")}, "failure": case["reason"],
+                               "hints": label, "sample": sample,
+                               **repaired(llm, prompts, ctx, pool, case, f"{n}-{label}-{sample}")}
                         rows.append(row)
                         print(f"{time.strftime('%H:%M:%S')} case {n} {label:6s} fixed={row['fixed']!s:5s} "
                               f"{row['status']} {row['seconds']:.0f}s {row['reason'][:70]}", flush=True)
@@ -105,7 +108,7 @@ def write(args, path: Path, rows: list[dict]) -> None:
     summary = {label: {"repairs": sum(r["hints"] == label for r in rows),
                        "fixed": sum(r["hints"] == label and r["fixed"] for r in rows)} for label in ("before", "after")}
     args.out.write_text(json.dumps({"machine": machine(), "model": path.stem, "prompts": args.prompts,
-                                    "candidates": str(args.candidates.relative_to(PROJECT)), "summary": summary, "rows": rows}, indent=1))
+                                    "candidates": os.path.relpath(args.candidates.resolve(), PROJECT), "summary": summary, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

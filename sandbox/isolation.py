@@ -14,6 +14,8 @@ Standard library only. What the worker does with these, in order:
 
 And for every process of a slot: ``die_with_parent`` (the kernel's
 parent-death signal), so that no slot outlives the orchestrator that started it.
+A slot forked by ``sandbox.forkserver`` enters its namespaces with
+``enter_namespaces`` (an exec'd one with util-linux ``unshare``).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import ctypes
 import functools
 import os
 import resource
+import select
 import signal
 import subprocess
 import sys
@@ -40,6 +43,8 @@ WRITABLE_MOUNTS = ("/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue")
 MB = 1 << 20
 PR_SET_PDEATHSIG = 1
 """prctl option (linux/prctl.h): a signal for this process when its parent thread exits."""
+CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x20000000, 0x40000000  # linux/sched.h
+MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 2, 4, 8, 1 << 14, 1 << 18  # linux/mount.h
 
 
 class LockdownError(RuntimeError):
@@ -142,6 +147,39 @@ def die_with_parent(parent_pid: int | None = None) -> bool:
     if parent_pid is not None and os.getppid() != parent_pid:
         os._exit(1)
     return True
+
+
+def enter_namespaces() -> None:
+    """What ``unshare --net --mount --pid --fork --mount-proc --kill-child`` does, from a
+    forked process (root, Linux): new network, mount and PID namespaces, then a fork. The
+    calling process stays outside as the holder: it waits for the child and exits with it,
+    and its death kills the child (parent-death signal), PID 1 of the new namespace, whose
+    death ends every process in it. Returns in that child, with a fresh /proc mounted."""
+    c = libc()
+    if c.unshare(CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWPID) != 0:
+        raise OSError(ctypes.get_errno(), f"unshare: {os.strerror(ctypes.get_errno())}")
+    _libc_mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing mounted here reaches the host
+    holder_alive, holder_end = os.pipe()
+    pid = os.fork()
+    if pid:  # the holder
+        os.close(holder_alive)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):  # the orchestrator sees the end of the slot's output when PID 1 ends
+            os.dup2(devnull, fd)
+        _, status = os.waitpid(pid, 0)
+        os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+    os.close(holder_end)
+    die_with_parent()
+    if select.select([holder_alive], [], [], 0)[0]:  # end of file: the holder died before that
+        os._exit(1)
+    os.close(holder_alive)
+    _libc_mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+
+def _libc_mount(source: str | None, target: str, kind: str | None, flags: int) -> None:
+    encode = lambda text: None if text is None else text.encode()  # noqa: E731
+    if libc().mount(encode(source), encode(target), encode(kind), flags, None) != 0:
+        raise LockdownError(f"mount {target}: {os.strerror(ctypes.get_errno())}")
 
 
 def scrub_environment(home: str) -> None:

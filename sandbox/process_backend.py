@@ -1,5 +1,8 @@
 """Process backend: each slot is ``python -m sandbox.worker`` in a child process.
 
+A CPU slot is forked by ``sandbox.forkserver`` (the worker's imports paid once per
+orchestrator); a GPU slot is exec'd. Both get the same isolation, below.
+
 Where the platform allows it (root on Linux with util-linux ``unshare``), the
 worker starts in fresh network, mount and PID namespaces: no network at all,
 a private tmpfs scratch with everything else read-only (the worker locks its
@@ -12,7 +15,8 @@ A slot dies with the orchestrator, whatever ends it (SIGTERM, SIGKILL, a crash):
 the child gets the kernel's parent-death signal (SIGKILL when the slot's thread
 exits; it survives the ``exec`` of ``unshare``), ``unshare --kill-child`` passes
 that death on to the worker, PID 1 of the slot's namespace, whose death ends
-every process in it; and the worker exits when its input closes.
+every process in it; and the worker exits when its input closes. A forked slot
+has the same chain, from the fork server (``sandbox.forkserver``).
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from sandbox import isolation
+from sandbox import forkserver, isolation
 from sandbox.backend import SlotSpec
 from sandbox.channel import WorkerChannel
 from sandbox.protocol import Limits
@@ -89,8 +93,8 @@ def worker_environment(gpu: str | None = None, threads: int | None = None) -> di
 def worker_arguments(task: dict, limits: Limits, cache_dir: Path, *, lockdown: bool,
                      mode: str = "auto") -> list[str]:
     """``sandbox.worker`` arguments, shared by both backends."""
-    args = ["-m", "sandbox.worker", "--task", json.dumps(task), "--limits", json.dumps(limits.to_dict()),
-            "--cache-dir", str(cache_dir), "--mode", mode]
+    args = ["-m", "sandbox.worker", "--cache-dir", str(cache_dir), "--task", json.dumps(task),
+            "--limits", json.dumps(limits.to_dict()), "--mode", mode]
     return args + (["--lockdown"] if lockdown else [])
 
 
@@ -100,6 +104,13 @@ class ProcessLauncher:
 
     name: ClassVar[str] = "process"
     spec: SlotSpec
+    forked: bool | None = None
+    """Fork the worker from ``sandbox.forkserver`` (imports paid once per orchestrator) instead
+    of exec'ing it; None: for CPU slots (``gpu`` None or ""), never for a GPU slot."""
+
+    def __post_init__(self) -> None:
+        if self.forked is None:
+            object.__setattr__(self, "forked", self.spec.gpu in (None, ""))
 
     @classmethod
     def availability(cls, settings: object | None = None) -> tuple[bool, str]:
@@ -119,21 +130,54 @@ class ProcessLauncher:
     def start(self) -> WorkerChannel:
         ok, _ = namespace_support()
         spec = self.spec
-        command = [sys.executable, *worker_arguments(spec.task, spec.limits, spec.cache_dir,
-                                                     lockdown=ok, mode=spec.mode)]
+        arguments = worker_arguments(spec.task, spec.limits, spec.cache_dir, lockdown=ok, mode=spec.mode)
+        env = worker_environment(spec.gpu, spec.threads)
+        if self.forked:
+            server = forkserver.server_for(env)
+            title = " ".join(["python", *arguments])  # what ps shows for an exec'd worker
+            return _forked_channel(server.fork(arguments[2:], env, namespaces=ok, title=title))
+        command = [sys.executable, *arguments]
         if ok:
             command = [shutil.which("unshare"), *NAMESPACES, *command]
         isolation.libc()  # loaded here: the child must not load libraries between fork and exec
         parent = os.getpid()
         process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, env=worker_environment(spec.gpu, spec.threads),
-                                   cwd="/", start_new_session=True,
+                                   stderr=subprocess.PIPE, env=env, cwd="/", start_new_session=True,
                                    preexec_fn=lambda: isolation.die_with_parent(parent))
-        return _process_channel(process)
+
+        def stop() -> None:
+            _kill_group(process.pid)
+            process.wait()
+
+        return _channel(process.stdin, process.stdout, process.stderr, stop)
 
 
-def _process_channel(process: subprocess.Popen) -> WorkerChannel:
-    out = process.stdout.fileno()
+def _forked_channel(slot: forkserver.ForkedSlot) -> WorkerChannel:
+    def stop() -> None:
+        try:
+            signal.pidfd_send_signal(slot.pidfd, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        else:
+            _kill_group(slot.pid)  # it had not ended: the PID is still its own, and its group's
+        select.select([slot.pidfd], [], [])  # readable once it has ended
+        os.close(slot.pidfd)
+
+    return _channel(os.fdopen(slot.stdin, "wb"), os.fdopen(slot.stdout, "rb", buffering=0),
+                    os.fdopen(slot.stderr, "rb"), stop)
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _channel(stdin, stdout, stderr, stop) -> WorkerChannel:
+    """A channel over a worker's three pipes (binary file objects); ``stop`` kills the
+    worker and waits for its end."""
+    out = stdout.fileno()
 
     def read_chunk(timeout_s: float) -> bytes:
         ready, _, _ = select.select([out], [], [], timeout_s)
@@ -143,18 +187,14 @@ def _process_channel(process: subprocess.Popen) -> WorkerChannel:
 
     def write(data: bytes) -> None:
         try:
-            process.stdin.write(data)
-            process.stdin.flush()
+            stdin.write(data)
+            stdin.flush()
         except (BrokenPipeError, ValueError):
             pass  # the worker is gone; receive() will see the end of its output
 
     def kill() -> None:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        process.wait()
-        for stream in (process.stdin, process.stdout):
+        stop()
+        for stream in (stdin, stdout):
             try:
                 stream.close()
             except OSError:
@@ -163,9 +203,9 @@ def _process_channel(process: subprocess.Popen) -> WorkerChannel:
     channel = WorkerChannel(read_chunk, write, kill)
 
     def drain_stderr() -> None:
-        for raw in iter(lambda: process.stderr.readline(65536), b""):
+        for raw in iter(lambda: stderr.readline(65536), b""):
             channel.note_stderr(raw.decode(errors="replace"))
-        process.stderr.close()
+        stderr.close()
 
     threading.Thread(target=drain_stderr, daemon=True).start()
     return channel

@@ -29,6 +29,13 @@ from sandbox.protocol import Limits
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK = Task(dataset="embedded", eval_limit=32)
+LOADING_EVAL_LIMIT = 512
+"""Fresh-cache slots that must still be measuring the ground truth when closed or orphaned:
+about a minute of CPU at this size (3 s at 32, which a forked slot, with no imports to pay,
+could finish before the test looks)."""
+SEARCH_EVAL_LIMIT = 128
+"""The same for ``graph.run``, smaller: on SIGTERM it lets LangGraph's running nodes end first, and
+an evaluation waits for its slot to finish loading (6 s at 128, 24 s at 512; 3 s at 32)."""
 CLOSE_BOUND_S = 10.0
 ORPHAN_BOUND_S = 5.0
 START_GUARD_S = 600.0
@@ -70,10 +77,10 @@ def wait_until_gone(cache: Path, bound_s: float) -> list[int]:
 
 def test_closing_a_pool_while_its_slot_loads_returns_at_once(tmp_path):
     """With a fresh cache the slot cannot be ready before it has measured the ground
-    truth (minutes): closed once it is well into loading, it must not be waited for."""
+    truth (a minute): closed once it is well into loading, it must not be waited for."""
     cache = tmp_path / "fresh-cache"
-    pool = EvaluatorPool(TASK, backend="process", workers=1, limits=Limits(startup_s=START_GUARD_S),
-                         cache_dir=cache)
+    pool = EvaluatorPool(Task(dataset="embedded", eval_limit=LOADING_EVAL_LIMIT), backend="process", workers=1,
+                         limits=Limits(startup_s=START_GUARD_S), cache_dir=cache)
     try:
         deadline = time.monotonic() + START_GUARD_S
         while not any(cpu_seconds(pid) > 2.0 for pid in slot_processes(cache)) and time.monotonic() < deadline:
@@ -116,12 +123,18 @@ def test_no_slot_outlives_a_killed_evaluate_command_measuring_the_ground_truth(t
     proxy.write_text("def score(layer):\n    return 1.0\n")
     cache = tmp_path / "fresh-cache"
     command = [sys.executable, "-m", "sandbox.evaluate", str(proxy), "--sandbox", "process",
-               "--dataset", "embedded", "--eval-limit", "32", "--cache-dir", str(cache)]
+               "--dataset", "embedded", "--eval-limit", str(LOADING_EVAL_LIMIT), "--cache-dir", str(cache)]
     orchestrator = start_orchestrator(command, dict(os.environ), says_ground_truth)
     assert slot_processes(cache)
+    servers = fork_servers(orchestrator.pid)
+    assert servers, "the slot was not forked by a fork server of the orchestrator"
     os.kill(orchestrator.pid, sig)
     orchestrator.wait(60)
     assert wait_until_gone(cache, ORPHAN_BOUND_S) == []
+    deadline = time.monotonic() + ORPHAN_BOUND_S
+    while (alive := [pid for pid in servers if is_alive(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert alive == [], "the fork server outlived its orchestrator"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
@@ -129,7 +142,8 @@ def test_no_slot_outlives_a_killed_search(tmp_path, sig):
     cache = tmp_path / "fresh-cache"
     env = {**os.environ, "TAP_MPQ_CACHE": str(cache)}
     command = [sys.executable, "-m", "graph.run", "--llm", "scripted:tests/data/scripted_llm.json", "--no-tui",
-               "--sandbox", "process", "--dataset", "embedded", "--eval-limit", "32", "--runs-dir", str(tmp_path / "runs")]
+               "--sandbox", "process", "--dataset", "embedded", "--eval-limit", str(SEARCH_EVAL_LIMIT),
+               "--runs-dir", str(tmp_path / "runs")]
 
     def slot_loading(orchestrator) -> bool:  # the worker's set-up costs a few CPU seconds before the truth
         return any(cpu_seconds(pid) > 3.0 for pid in slot_processes(cache))
@@ -165,6 +179,13 @@ def test_no_slot_outlives_a_terminated_evaluate_command_while_a_proxy_runs(tmp_p
     while (alive := [pid for pid in family if is_alive(pid)]) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert alive == []
+
+
+def fork_servers(orchestrator: int) -> list[int]:
+    """The orchestrator's fork servers (``sandbox.forkserver``, titled with its PID)."""
+    return [pid for pid in children(orchestrator)
+            if b"sandbox.forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()
+            and f"PID {orchestrator}".encode() in Path(f"/proc/{pid}/cmdline").read_bytes()]
 
 
 def ancestors(pid: int) -> list[int]:

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 from sandbox_hostile import ALIVE, CANARIES, SECRET, SECRET_FILE
-from test_sandbox_lifecycle import cpu_seconds
+from test_sandbox_lifecycle import LOADING_EVAL_LIMIT, cpu_seconds
 from test_sandbox_pool import CORPUS, GOOD, HOSTILE, TASK
 
 from mpq.cache import default_cache_dir
+from mpq.task import Task
 from sandbox.pool import BACKEND_NAMES, EvaluatorPool, PoolError
 from sandbox.protocol import Limits
 from sandbox.ray_backend import RayLauncher, RaySettings, actor_environment, ray_installed
@@ -367,10 +368,11 @@ def gone_within(what, bound_s: float) -> list[int]:
 
 
 def test_closing_a_ray_pool_while_its_slot_loads_returns_at_once(cluster, tmp_path):
-    """A fresh cache: the slot measures the ground truth (minutes) before it is ready. Closed
+    """A fresh cache: the slot measures the ground truth (a minute) before it is ready. Closed
     while it does, the pool must neither wait for it nor leave it running."""
     cache = tmp_path / f"fresh-cache-{uuid.uuid4().hex[:8]}"
-    pool = EvaluatorPool(TASK, backend="ray", workers=1, limits=LIMITS, cache_dir=cache)
+    pool = EvaluatorPool(Task(dataset="embedded", eval_limit=LOADING_EVAL_LIMIT), backend="ray", workers=1,
+                         limits=LIMITS, cache_dir=cache)
     try:
         wait_for(lambda: any(cpu_seconds(pid) > 2.0 for pid in slot_pids(cache)))
         assert not pool.wait_ready(0), "the slot was ready: it did not load from a fresh cache"

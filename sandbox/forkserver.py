@@ -74,6 +74,7 @@ class ForkServer:
         self._control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._control.settimeout(ANSWER_TIMEOUT_S)
         self._process: subprocess.Popen | None = None
+        self.pid: int | None = None
         self._lock = threading.Lock()
         self._stderr: collections.deque[str] = collections.deque(maxlen=20)
         self._ready = False
@@ -193,10 +194,11 @@ def serve(control: socket.socket) -> None:
             return  # the orchestrator closed its end: it is gone
         request = json.loads(data)
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+        server = os.getpid()
         pid = os.fork()
         if pid == 0:
             control.close()  # the slot must not reach the server
-            _run_slot(request, fds, title)
+            _run_slot(request, fds, title, server)
         pidfd = os.pidfd_open(pid)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
         for fd in fds:
@@ -205,12 +207,12 @@ def serve(control: socket.socket) -> None:
         os.close(pidfd)
 
 
-def _run_slot(request: dict, fds: list[int], set_title) -> None:
+def _run_slot(request: dict, fds: list[int], set_title, server: int) -> None:
     """In the forked child: become the slot (never returns)."""
     code = 1
     try:
         os.setsid()  # its own process group, killed as a whole
-        isolation.die_with_parent(os.getppid())
+        isolation.die_with_parent(server)  # exits at once if the server is already gone
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
         for target, fd in enumerate(fds):

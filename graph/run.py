@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -36,6 +37,8 @@ from graph.store import RunStore, connect, db_path, require_run, snapshot_copy
 from graph.tui import make_sink
 
 CANDIDATE_THREADS = 64
+INTERRUPT_POLL_S = 0.25
+"""Longest an evaluation waits before it looks whether the run was interrupted."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -215,11 +218,54 @@ def open_sandbox(config: RunConfig) -> Iterator[Evaluate]:
 
     slots = threading.Semaphore(config.workers)
     limits = Limits(timeout_s=config.eval_timeout_s, fitness_s=Limits.fitness_s + extra_fitness_seconds(config.task))
-    with EvaluatorPool(config.task, backend=config.sandbox, workers=config.workers, limits=limits) as pool:
+    with EvaluatorPool(config.task, backend=config.sandbox, workers=config.workers, limits=limits) as pool, \
+            interrupt_flag() as interrupted:
         def evaluate(proxy_id: str, source: str) -> dict:
             with slots:
-                return dataclasses.asdict(pool.evaluate(source, proxy_id))
+                future = pool.schedule(source, proxy_id)
+                while True:
+                    try:
+                        return dataclasses.asdict(future.result(timeout=INTERRUPT_POLL_S))
+                    except TimeoutError:
+                        if interrupted.is_set():
+                            raise EvaluationInterrupted(proxy_id) from None
         yield evaluate
+
+
+class EvaluationInterrupted(RuntimeError):
+    """Ctrl-C or SIGTERM while an evaluation was pending: its node fails, nothing of it is
+    stored, and ``--resume`` evaluates it again."""
+
+
+@contextlib.contextmanager
+def interrupt_flag() -> Iterator[threading.Event]:
+    """An event set by SIGINT / SIGTERM just before the handler in place (the KeyboardInterrupt
+    that stops the run) runs. LangGraph lets running nodes end before that interrupt leaves
+    ``stream``: an evaluation waiting on a slot that still loads its task (minutes on a fresh
+    cache) would hold Ctrl-C up that long; with the flag its node stops waiting at once."""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():  # only there can handlers be set
+        yield flag
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)
+                if signal.getsignal(sig) != signal.SIG_IGN}  # ignored stays ignored
+
+    def handler(signum, frame):
+        flag.set()
+        chained = previous[signum]
+        if callable(chained):
+            chained(signum, frame)
+        elif chained == signal.SIG_DFL:
+            signal.signal(signum, chained)
+            signal.raise_signal(signum)
+
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield flag
+    finally:
+        for sig, chained in previous.items():
+            signal.signal(sig, chained)
 
 
 def _run_row(config: RunConfig, prompts: PromptSet) -> dict:

@@ -251,9 +251,14 @@ class EvaluatorPool:
 
     def evaluate(self, source: str, request_id: str | None = None) -> EvaluationResult:
         """Evaluate one proxy and wait for its result (rejected by the gate at once)."""
+        return self.schedule(source, request_id).result()
+
+    def schedule(self, source: str, request_id: str | None = None) -> Future:
+        """Evaluate one proxy; its ``EvaluationResult`` comes in the returned future (for a caller
+        that must stop waiting on its own terms, e.g. an interrupted search)."""
         future: Future = Future()
         self._enqueue(self.request(source, request_id), future)
-        return future.result()
+        return future
 
     def wait_ready(self, timeout_s: float | None = None) -> bool:
         """Block until every slot has finished its first start (warm or failed)."""

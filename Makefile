@@ -53,9 +53,15 @@ $(STAMP): pyproject.toml Makefile agents/local_model.py
 run: install
 	$(PY) -m graph.run $(RUN_ARGS)
 
+# Two pytest processes (pytest-xdist), each test file whole in one of them (module fixtures, the
+# private Docker engine and the Ray instance stay in one process): the serial suite left the 2-core
+# machine about half idle (tests wait on subprocesses, slots and timeouts); 577 s serial, 319 s so
+# (benchmarks/results/test_suite.md, session 10). TEST_WORKERS=0 runs it serially.
+TEST_WORKERS ?= 2
+
 test: install
 	$(PY) -m ruff check .
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 clean-venv:
 	rm -rf $(VENV)

@@ -186,7 +186,7 @@ def serve(control: socket.socket) -> None:
     isolation.libc()
     # Slots are reaped here as they end; SIGCHLD is blocked from fork to pidfd_open, so a
     # slot that ends at once cannot be reaped (and its PID reused) before its pidfd exists.
-    signal.signal(signal.SIGCHLD, lambda *_: _reap())
+    signal.signal(signal.SIGCHLD, lambda *_: isolation.reap_children())
     control.send(b'{"ready": true}')
     while True:
         data, fds, _, _ = socket.recv_fds(control, MAX_REQUEST_BYTES, 3)
@@ -238,16 +238,6 @@ def _run_slot(request: dict, fds: list[int], set_title, server: int) -> None:
             except (OSError, ValueError):
                 pass
         os._exit(code)
-
-
-def _reap() -> None:
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
 
 
 def _title_setter():

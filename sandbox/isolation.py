@@ -182,6 +182,18 @@ def _libc_mount(source: str | None, target: str, kind: str | None, flags: int) -
         raise LockdownError(f"mount {target}: {os.strerror(ctypes.get_errno())}")
 
 
+def reap_children() -> None:
+    """Collect every child that has ended, without waiting for the others (the fork server's
+    slots; PID 1's orphaned grandchildren)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
 def scrub_environment(home: str) -> None:
     """Only what Python and torch need; no API keys, tokens or paths of the host."""
     keep = {k: os.environ[k] for k in ("CUDA_VISIBLE_DEVICES", "LANG") if k in os.environ}

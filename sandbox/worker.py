@@ -149,7 +149,7 @@ class Slot:
             os.close(read_end)
             _kill_group(pid)
             _, wait_status = os.waitpid(pid, 0)
-            _reap_orphans()
+            isolation.reap_children()  # as PID 1 of the namespace: the proxy's killed grandchildren
             shutil.rmtree(scratch, ignore_errors=True)
         if timed_out:
             return failure(request.id, "timeout", f"wall-clock limit of {request.limits.timeout_s:g} s exceeded")
@@ -280,17 +280,6 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-def _reap_orphans() -> None:
-    """As PID 1 of the slot's namespace, collect the proxy's killed grandchildren."""
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
 
 
 def _death_reason(wait_status: int, limits: Limits) -> str:

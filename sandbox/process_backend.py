@@ -144,12 +144,18 @@ class ProcessLauncher:
         process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, env=env, cwd="/", start_new_session=True,
                                    preexec_fn=lambda: isolation.die_with_parent(parent))
+        return process_channel(process)
 
-        def stop() -> None:
-            _kill_group(process.pid)
-            process.wait()
 
-        return _channel(process.stdin, process.stdout, process.stderr, stop)
+def process_channel(process: subprocess.Popen) -> WorkerChannel:
+    """The channel of a worker started as a child process with three pipes (its process group
+    is killed as a whole)."""
+
+    def stop() -> None:
+        _kill_group(process.pid)
+        process.wait()
+
+    return _channel(process.stdin, process.stdout, process.stderr, stop)
 
 
 def _forked_channel(slot: forkserver.ForkedSlot) -> WorkerChannel:

@@ -54,8 +54,8 @@ run: install
 	$(PY) -m graph.run $(RUN_ARGS)
 
 # Two pytest processes (pytest-xdist), each test file whole in one of them (module fixtures, the
-# private Docker engine and the Ray instance stay in one process): the serial suite left the 2-core
-# machine about half idle (tests wait on subprocesses, slots and timeouts); 577 s serial, 319 s so
+# private Docker engine and the Ray instance stay in one process): serially, tests spend much of their
+# time waiting on subprocesses, slots and timeouts; 577 s serial, 319 s so, the machine 96% busy
 # (benchmarks/results/test_suite.md, session 10). TEST_WORKERS=0 runs it serially.
 TEST_WORKERS ?= 2
 

@@ -3,8 +3,10 @@
 
 Runs COMMAND while a thread samples /proc every 0.25 s for new ``python -m sandbox.worker``
 processes (a worker lives for seconds, so none is missed) and walks up each one's parents to
-its orchestrator: the first ancestor that is neither the ``unshare`` wrapper nor a worker (the
-pytest process, a ``graph.run`` subprocess, a Ray slot actor, a Docker container's shim).
+its orchestrator: the first ancestor that is neither the ``unshare`` wrapper, a namespace holder,
+a fork server nor a worker (the pytest process, a ``graph.run`` subprocess, a Ray slot actor, a
+Docker container's shim). A worker forked by ``sandbox.forkserver`` shows the exec'd worker's
+command line as its process title (one string) and is counted as ``forked``.
 Then it times the worker's own import set in fresh interpreters. Results merge into
 benchmarks/results/slot_starts.json under ``--label``.
 
@@ -24,10 +26,12 @@ import threading
 import time
 from pathlib import Path
 
+from sandbox.forkserver import PRELOAD
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "slot_starts.json"
-WORKER_IMPORTS = "import sandbox.worker, mpq.fitness, mpq.models, mpq.data"
-"""What a worker imports before it loads its evaluator (sandbox/worker.py: _start)."""
+WORKER_IMPORTS = "import " + ", ".join(PRELOAD)
+"""What a worker imports before it loads its evaluator (what the fork server imports once)."""
 UNIDENTIFIED = ("not identified (the parent chain reached PID 1 first: an orchestrator killed by a "
                 "lifecycle test, or one already gone)")
 RECHECK_S = 3.0
@@ -67,11 +71,25 @@ def orchestrator_kind(command: list[bytes]) -> str:
     return UNIDENTIFIED
 
 
+def _is_worker(command: list[bytes]) -> bool:
+    """An exec'd worker (``-m sandbox.worker`` in its arguments) or a forked one (that as its
+    title); not the ``unshare`` wrapper nor a forked slot's namespace holder."""
+    text = b" ".join(command)
+    return (b"-m sandbox.worker" in text and bool(command) and not command[0].endswith(b"unshare")
+            and b"namespace holder" not in text)
+
+
+def _is_slot_machinery(command: list[bytes]) -> bool:
+    """What stands between a worker and its orchestrator: unshare, a holder, a fork server."""
+    text = b" ".join(command)
+    return command[0].endswith(b"unshare") or b"sandbox.worker" in text or b"sandbox.forkserver" in text
+
+
 def _orchestrator(pid: int) -> tuple[int, str]:
     parent = _parent(pid)
     while parent > 1:
         command = _cmdline(parent)
-        if command and not command[0].endswith(b"unshare") and b"sandbox.worker" not in command:
+        if command and not _is_slot_machinery(command):
             return parent, orchestrator_kind(command)
         parent = _parent(parent)
     return 0, orchestrator_kind([])
@@ -88,10 +106,11 @@ def sample_workers(stop: threading.Event, found: list[dict]) -> None:
             if pid in logged or time.monotonic() - first_seen.setdefault(pid, time.monotonic()) > RECHECK_S:
                 continue
             command = _cmdline(pid)
-            if b"sandbox.worker" in command and not command[0].endswith(b"unshare"):
+            if _is_worker(command):
                 logged.add(pid)
                 parent, kind = _orchestrator(pid)
-                found.append({"t": round(time.time(), 1), "pid": pid, "orchestrator": parent, "kind": kind})
+                found.append({"t": round(time.time(), 1), "pid": pid, "orchestrator": parent, "kind": kind,
+                              "forked": command[0].startswith(b"python -m sandbox.worker")})
         stop.wait(0.25)
 
 
@@ -127,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     kinds = collections.Counter(row["kind"] for row in found)
     per_orchestrator = collections.Counter(row["orchestrator"] for row in found)
     result = {"command": command, "rc": rc, "wall_s": wall, "worker_starts": len(found),
+              "forked_starts": sum(row["forked"] for row in found),
               "by_orchestrator_kind": dict(kinds.most_common()),
               "orchestrators": len(per_orchestrator),
               "starts_per_orchestrator": sorted(per_orchestrator.values(), reverse=True),

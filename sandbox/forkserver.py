@@ -107,13 +107,14 @@ class ForkServer:
         if failure:
             raise ForkServerError(f"the fork server could not start: {failure[0]}")
 
-    def fork(self, argv: list[str], env: dict[str, str], *, namespaces: bool, title: str) -> ForkedSlot:
-        """A new slot running ``sandbox.worker.main(argv)``; blocks while the server imports."""
+    def fork(self, argv: list[str], *, namespaces: bool, title: str) -> ForkedSlot:
+        """A new slot running ``sandbox.worker.main(argv)`` in the server's environment; blocks
+        while the server imports."""
         stdin_read, stdin_write = os.pipe()
         stdout_read, stdout_write = os.pipe()
         stderr_read, stderr_write = os.pipe()
         ours, theirs = [stdin_write, stdout_read, stderr_read], [stdin_read, stdout_write, stderr_write]
-        request = json.dumps({"argv": argv, "env": env, "namespaces": namespaces, "title": title}).encode()
+        request = json.dumps({"argv": argv, "namespaces": namespaces, "title": title}).encode()
         try:
             with self._lock:
                 if not self._ready:
@@ -178,6 +179,7 @@ def serve(control: socket.socket) -> None:
     """Import the worker's set, then fork a slot per request until the orchestrator is gone."""
     import importlib
 
+    environment = dict(os.environ)  # the slots' (the orchestrator's worker_environment), before any import
     title = _title_setter()
     title(f"python -m sandbox.forkserver (slots of PID {os.getppid()})")  # now: it finds argv's
     # memory on its first use, and only while the environment is untouched (a slot replaces it)
@@ -188,17 +190,17 @@ def serve(control: socket.socket) -> None:
     # slot that ends at once cannot be reaped (and its PID reused) before its pidfd exists.
     signal.signal(signal.SIGCHLD, lambda *_: isolation.reap_children())
     control.send(b'{"ready": true}')
+    server = os.getpid()
     while True:
         data, fds, _, _ = socket.recv_fds(control, MAX_REQUEST_BYTES, 3)
         if not data:
             return  # the orchestrator closed its end: it is gone
         request = json.loads(data)
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
-        server = os.getpid()
         pid = os.fork()
         if pid == 0:
             control.close()  # the slot must not reach the server
-            _run_slot(request, fds, title, server)
+            _run_slot(request, fds, environment, title, server)
         pidfd = os.pidfd_open(pid)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
         for fd in fds:
@@ -207,7 +209,7 @@ def serve(control: socket.socket) -> None:
         os.close(pidfd)
 
 
-def _run_slot(request: dict, fds: list[int], set_title, server: int) -> None:
+def _run_slot(request: dict, fds: list[int], environment: dict[str, str], set_title, server: int) -> None:
     """In the forked child: become the slot (never returns)."""
     code = 1
     try:
@@ -218,8 +220,8 @@ def _run_slot(request: dict, fds: list[int], set_title, server: int) -> None:
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
             os.close(fd)
-        os.environ.clear()
-        os.environ.update(request["env"])
+        os.environ.clear()  # the server's as it started: what an import set there is dropped
+        os.environ.update(environment)
         set_title(request["title"] + " (namespace holder)" if request["namespaces"] else request["title"])
         if request["namespaces"]:
             isolation.enter_namespaces()  # returns in the slot's PID 1

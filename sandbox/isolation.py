@@ -182,6 +182,14 @@ def _libc_mount(source: str | None, target: str, kind: str | None, flags: int) -
         raise LockdownError(f"mount {target}: {os.strerror(ctypes.get_errno())}")
 
 
+def kill_group(pid: int) -> None:
+    """SIGKILL the process group led by ``pid`` (gone already, or not ours to kill: nothing to do)."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def reap_children() -> None:
     """Collect every child that has ended, without waiting for the others (the fork server's
     slots; PID 1's orphaned grandchildren)."""

@@ -108,9 +108,9 @@ class ProcessLauncher:
     """Fork the worker from ``sandbox.forkserver`` (imports paid once per orchestrator) instead
     of exec'ing it; None: for CPU slots (``gpu`` None or ""), never for a GPU slot."""
 
-    def __post_init__(self) -> None:
-        if self.forked is None:
-            object.__setattr__(self, "forked", self.spec.gpu in (None, ""))
+    @property
+    def forks(self) -> bool:
+        return self.spec.gpu in (None, "") if self.forked is None else self.forked
 
     @classmethod
     def availability(cls, settings: object | None = None) -> tuple[bool, str]:
@@ -132,10 +132,9 @@ class ProcessLauncher:
         spec = self.spec
         arguments = worker_arguments(spec.task, spec.limits, spec.cache_dir, lockdown=ok, mode=spec.mode)
         env = worker_environment(spec.gpu, spec.threads)
-        if self.forked:
-            server = forkserver.server_for(env)
+        if self.forks:
             title = " ".join(["python", *arguments])  # what ps shows for an exec'd worker
-            return _forked_channel(server.fork(arguments[2:], env, namespaces=ok, title=title))
+            return _forked_channel(forkserver.server_for(env).fork(arguments[2:], namespaces=ok, title=title))
         command = [sys.executable, *arguments]
         if ok:
             command = [shutil.which("unshare"), *NAMESPACES, *command]
@@ -152,7 +151,7 @@ def process_channel(process: subprocess.Popen) -> WorkerChannel:
     is killed as a whole)."""
 
     def stop() -> None:
-        _kill_group(process.pid)
+        isolation.kill_group(process.pid)
         process.wait()
 
     return _channel(process.stdin, process.stdout, process.stderr, stop)
@@ -165,19 +164,12 @@ def _forked_channel(slot: forkserver.ForkedSlot) -> WorkerChannel:
         except ProcessLookupError:
             pass
         else:
-            _kill_group(slot.pid)  # it had not ended: the PID is still its own, and its group's
+            isolation.kill_group(slot.pid)  # it had not ended: the PID is still its own, and its group's
         select.select([slot.pidfd], [], [])  # readable once it has ended
         os.close(slot.pidfd)
 
     return _channel(os.fdopen(slot.stdin, "wb"), os.fdopen(slot.stdout, "rb", buffering=0),
                     os.fdopen(slot.stderr, "rb"), stop)
-
-
-def _kill_group(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _channel(stdin, stdout, stderr, stop) -> WorkerChannel:

@@ -147,7 +147,7 @@ class Slot:
             reply, timed_out = _read_reply(read_end, request.limits.timeout_s)
         finally:
             os.close(read_end)
-            _kill_group(pid)
+            isolation.kill_group(pid)
             _, wait_status = os.waitpid(pid, 0)
             isolation.reap_children()  # as PID 1 of the namespace: the proxy's killed grandchildren
             shutil.rmtree(scratch, ignore_errors=True)
@@ -273,13 +273,6 @@ def _read_reply(fd: int, timeout_s: float) -> tuple[bytes | None, bool]:
         if len(buffer) > MAX_REPLY_BYTES:
             return b'{"error": "the proxy process sent more than 1 MB"}', False
     return buffer.split(b"\n", 1)[0], False
-
-
-def _kill_group(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _death_reason(wait_status: int, limits: Limits) -> str:

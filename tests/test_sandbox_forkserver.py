@@ -34,8 +34,8 @@ def the_worker(cache: Path) -> int:
     return (inner or processes)[0]
 
 
-def pool_at(cache: Path, **kwargs) -> EvaluatorPool:
-    pool = EvaluatorPool(TASK, backend="process", workers=1, limits=LIMITS, cache_dir=cache, **kwargs)
+def pool_at(cache: Path) -> EvaluatorPool:
+    pool = EvaluatorPool(TASK, backend="process", workers=1, limits=LIMITS, cache_dir=cache)
     assert pool.wait_ready(900)
     return pool
 

@@ -128,10 +128,7 @@ def test_no_slot_outlives_a_killed_evaluate_command_measuring_the_ground_truth(t
     os.kill(orchestrator.pid, sig)
     orchestrator.wait(60)
     assert wait_until_gone(cache, ORPHAN_BOUND_S) == []
-    deadline = time.monotonic() + ORPHAN_BOUND_S
-    while (alive := [pid for pid in servers if is_alive(pid)]) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert alive == [], "the fork server outlived its orchestrator"
+    assert alive_after(servers, ORPHAN_BOUND_S) == [], "the fork server outlived its orchestrator"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
@@ -180,17 +177,21 @@ def test_no_slot_outlives_a_terminated_evaluate_command_while_a_proxy_runs(tmp_p
     family = ours + [c for pid in ours for c in children(pid)]
     os.kill(orchestrator.pid, signal.SIGTERM)
     orchestrator.wait(60)
-    deadline = time.monotonic() + ORPHAN_BOUND_S
-    while (alive := [pid for pid in family if is_alive(pid)]) and time.monotonic() < deadline:
+    assert alive_after(family, ORPHAN_BOUND_S) == []
+
+
+def alive_after(pids: list[int], bound_s: float) -> list[int]:
+    """Those of ``pids`` still alive after ``bound_s`` (polled: [] as soon as all are gone)."""
+    deadline = time.monotonic() + bound_s
+    while (alive := [pid for pid in pids if is_alive(pid)]) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert alive == []
+    return alive
 
 
 def fork_servers(orchestrator: int) -> list[int]:
     """The orchestrator's fork servers (``sandbox.forkserver``, titled with its PID)."""
-    return [pid for pid in children(orchestrator)
-            if b"sandbox.forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()
-            and f"PID {orchestrator}".encode() in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    title = f"sandbox.forkserver (slots of PID {orchestrator})".encode()
+    return [pid for pid in children(orchestrator) if title in Path(f"/proc/{pid}/cmdline").read_bytes()]
 
 
 def ancestors(pid: int) -> list[int]:

@@ -2,8 +2,8 @@
 
 The error paths (missing model, bad or tampered GGUF, port in use, engine
 missing, a model the engine cannot load) need no model and always run. The
-lifecycle with the packaged model (start, health, one draft, stop, stop on an
-error) is marked ``llm`` and skipped, with the reason, where the engine or the
+lifecycle with the packaged model (stop on an error, exit with a killed parent;
+start, health, a draft and stop are tests/test_llm_local.py's) is marked ``llm`` and skipped, with the reason, where the engine or the
 model packages are not installed.
 """
 from __future__ import annotations
@@ -18,7 +18,6 @@ import socket
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -184,41 +183,6 @@ def _gone(pid: int, within_s: float = 15.0) -> bool:
             return True
         time.sleep(0.2)
     return False
-
-
-# One sentence and the function alone: the grammar's shape is a full draft's, in 39 generated tokens
-# instead of 343 for "2 to 4 sentences ... the complete module" (measured: benchmarks/results/test_suite.json).
-ANSWER_FORMAT = ("You write Python proxies. Answer format: one sentence of reasoning, then exactly one "
-                 "```python block with the function only. Nothing after the block.")
-
-
-def _chat(base_url: str, content: str, max_tokens: int) -> dict:
-    messages = [{"role": "system", "content": ANSWER_FORMAT}, {"role": "user", "content": content}]
-    body = {"messages": messages, "max_tokens": max_tokens, "temperature": 0.0, "seed": 0}
-    request = urllib.request.Request(base_url + "/chat/completions", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(request, timeout=600) as reply:
-        return json.loads(reply.read())
-
-
-@pytest.mark.llm
-@needs_model
-def test_packaged_model_starts_answers_in_the_draft_format_and_stops(tmp_path):
-    with LocalLLMServer(log_dir=tmp_path) as server:
-        pid, port = server.pid, server.port
-        assert server.model_name == local_model.DEFAULT_MODEL.name
-        assert local_server.served_model("127.0.0.1", port) == server.model_name  # health
-        reply = _chat(server.base_url, "Write score(layer) that returns float(layer.weight.abs().mean()).", 400)
-    # The grammar's shape: reasoning, one python block, nothing after it; the
-    # answer ended there (finish "stop"), not at the token limit.
-    choice = reply["choices"][0]
-    reasoning, fence, code = choice["message"]["content"].partition("```python\n")
-    assert choice["finish_reason"] == "stop" and fence and reasoning.strip()
-    assert code.rstrip().endswith("```") and code.count("```") == 1 and "score" in code
-    assert _gone(pid), "server process still alive after the with block"
-    assert local_server.port_free("127.0.0.1", port)
-    assert (tmp_path / "local_llm.log").read_text().count("ready at") == 1
 
 
 @pytest.mark.llm

@@ -3,8 +3,9 @@
 The error paths (missing model, bad or tampered GGUF, port in use, engine
 missing, a model the engine cannot load) need no model and always run. The
 lifecycle with the packaged model (stop on an error, exit with a killed parent;
-start, health, a draft and stop are tests/test_llm_local.py's) is marked ``llm`` and skipped, with the reason, where the engine or the
-model packages are not installed.
+start, health, a draft and stop are in tests/test_llm_local.py) is marked
+``llm`` and skipped, with the reason, where the engine or the model packages
+are not installed.
 """
 from __future__ import annotations
 

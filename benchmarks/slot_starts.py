@@ -26,6 +26,7 @@ import threading
 import time
 from pathlib import Path
 
+from benchmarks.procfs import cmdline, stat_fields
 from sandbox.forkserver import PRELOAD
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,18 +39,9 @@ RECHECK_S = 3.0
 """A new pid's command line is read again for this long: fork, then exec of unshare, then of python."""
 
 
-def _cmdline(pid: int) -> list[bytes]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return []
-
-
 def _parent(pid: int) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return 0
+    fields = stat_fields(pid)
+    return int(fields[1]) if fields else 0
 
 
 def orchestrator_kind(command: list[bytes]) -> str:
@@ -88,7 +80,7 @@ def _is_slot_machinery(command: list[bytes]) -> bool:
 def _orchestrator(pid: int) -> tuple[int, str]:
     parent = _parent(pid)
     while parent > 1:
-        command = _cmdline(parent)
+        command = cmdline(parent)
         if command and not _is_slot_machinery(command):
             return parent, orchestrator_kind(command)
         parent = _parent(parent)
@@ -105,7 +97,7 @@ def sample_workers(stop: threading.Event, found: list[dict]) -> None:
             pid = int(name)
             if pid in logged or time.monotonic() - first_seen.setdefault(pid, time.monotonic()) > RECHECK_S:
                 continue
-            command = _cmdline(pid)
+            command = cmdline(pid)
             if _is_worker(command):
                 logged.add(pid)
                 parent, kind = _orchestrator(pid)

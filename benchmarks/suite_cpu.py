@@ -26,6 +26,8 @@ import threading
 import time
 from pathlib import Path
 
+from benchmarks.procfs import cmdline, stat_fields
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "suite_cpu.json"
 INTERVAL_S = 0.2
@@ -67,23 +69,16 @@ def kind_of(command: str) -> str:
 
 
 def _stat(pid: str) -> tuple[int, int] | None:
-    """(start time, utime + stime) in clock ticks: proc(5) fields 22, 14 and 15."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return int(fields[19]), int(fields[11]) + int(fields[12])
+    """(start time, utime + stime) in clock ticks."""
+    fields = stat_fields(pid)
+    return (int(fields[19]), int(fields[11]) + int(fields[12])) if fields else None
 
 
 def _command(pid: str) -> str:
     """The command line, its arguments joined by spaces; a title set by setproctitle (one string,
     with no argument separators) is marked by a leading NUL."""
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0")
-    except OSError:
-        return ""
-    text = raw.replace(b"\0", b" ").decode(errors="replace").strip()
-    return text if b"\0" in raw or not text else "\0" + text
+    args = [part.decode(errors="replace") for part in cmdline(pid)]
+    return "\0" + args[0] if len(args) == 1 else " ".join(args)
 
 
 def _machine_busy_ticks() -> int:

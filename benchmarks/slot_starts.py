@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from benchmarks.procfs import cmdline, stat_fields
+from sandbox import isolation
 from sandbox.forkserver import PRELOAD
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     sampler = threading.Thread(target=sample_workers, args=(stop, found), daemon=True)
     sampler.start()
     started = time.monotonic()
-    rc = subprocess.run(command, cwd=ROOT).returncode
+    parent = os.getpid()  # the watched command dies with this benchmark, whatever ends it
+    rc = subprocess.run(command, cwd=ROOT, preexec_fn=lambda: isolation.die_with_parent(parent)).returncode
     wall = round(time.monotonic() - started, 1)
     stop.set()
     sampler.join()

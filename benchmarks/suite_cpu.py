@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from benchmarks.procfs import cmdline, stat_fields
+from sandbox import isolation
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "suite_cpu.json"
@@ -121,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     sampler = threading.Thread(target=sample, args=(stop, seen, os.getpid()), daemon=True)
     busy_before, started = _machine_busy_ticks(), time.monotonic()
     sampler.start()
-    rc = subprocess.run(command, cwd=ROOT).returncode
+    parent = os.getpid()  # the watched command dies with this benchmark, whatever ends it
+    rc = subprocess.run(command, cwd=ROOT, preexec_fn=lambda: isolation.die_with_parent(parent)).returncode
     wall = time.monotonic() - started
     stop.set()
     sampler.join()

@@ -75,6 +75,8 @@ class EvalResult:
     loss: float
     """Mean cross-entropy."""
     images: int
+    correct: torch.Tensor | None = None
+    """Per image (bool, CPU), in the order given; only when ``evaluate(..., per_image=True)``."""
 
 
 def quantizable_layers(model: nn.Module, example_input: torch.Tensor | None = None) -> list[tuple[str, nn.Module]]:
@@ -366,8 +368,9 @@ def quantize_model(model: nn.Module, bits: dict[str, int], calib_images: torch.T
 
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: str | torch.device | None = None,
              batch_size: int = 500, mean: tuple[float, ...] | None = None,
-             std: tuple[float, ...] | None = None) -> EvalResult:
-    """Top-1 and mean cross-entropy of ``model`` on ``images``.
+             std: tuple[float, ...] | None = None, per_image: bool = False) -> EvalResult:
+    """Top-1 and mean cross-entropy of ``model`` on ``images`` (and which images it got right, with
+    ``per_image``: the top-1 of any subset without another pass).
 
     ``images`` are float (already normalized) or uint8 with ``mean`` / ``std``
     (per channel, on the 0..1 scale). The whole set is moved to ``device`` once
@@ -383,7 +386,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, devic
             raise ValueError("uint8 images need mean and std to be normalized")
         m = torch.tensor(mean, device=device).view(1, -1, 1, 1)
         s = torch.tensor(std, device=device).view(1, -1, 1, 1)
-    correct = torch.zeros((), device=device)
+    hits = []
     loss = torch.zeros((), device=device)
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
@@ -394,6 +397,8 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, devic
             y = labels[start:start + batch_size]
             logits = model(x)
             loss += F.cross_entropy(logits, y, reduction="sum")
-            correct += (logits.argmax(dim=1) == y).sum()
+            hits.append(logits.argmax(dim=1) == y)
+    correct = torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool, device=device)
     n = max(len(images), 1)
-    return EvalResult(top1=float(correct) / n, loss=float(loss) / n, images=len(images))
+    return EvalResult(top1=float(correct.sum()) / n, loss=float(loss) / n, images=len(images),
+                      correct=correct.cpu() if per_image else None)

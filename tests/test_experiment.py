@@ -4,7 +4,6 @@ command end to end at tiny size (resume and time guard), and the report on synth
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sqlite3
 import subprocess
@@ -12,16 +11,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from scripted_search import RUN_ID, copy_run
 
 from benchmarks.experiment import main as experiment_main
 from benchmarks.experiment_heldout import bits_key
 
 ROOT = Path(__file__).resolve().parent.parent
 STAND_IN = "import torch\n\ndef score(layer):\n    return float(layer.weight.abs().mean()) * layer.out_channels\n"
-
-
-def response(reasoning: str, code: str) -> str:
-    return f"{reasoning}\n\n```python\n{code}```\n"
 
 
 # --------------------------------------------------------------------------- leaderboard calib seeds
@@ -52,27 +48,12 @@ def test_calib_seeds_move_the_rtn_figure_of_a_2_bit_allocation():
 # --------------------------------------------------------------------------- collect on a real run
 
 @pytest.fixture(scope="module")
-def scripted_run(tmp_path_factory):
-    """A real 2 x 3 search with a scripted LLM: one draft fails in the sandbox and is repaired,
-    one duplicates an earlier proxy."""
-    base = tmp_path_factory.mktemp("exp_run")
-    good = "def score(layer):\n    return float(layer.weight.abs().mean())\n"
-    other = "def score(layer):\n    w = layer.weight.flatten()\n    return float(w.abs().max() / (w.std() + 1e-8))\n"
-    broken = "def score(layer):\n    return float(layer.weights.mean())\n"
-    fixed = "def score(layer):\n    return float(layer.params) ** 0.5\n"
-    script = base / "script.json"
-    script.write_text(json.dumps({
-        "init": [response("Magnitude.", good), response("Outliers.", other), response("Kurtosis.", broken)],
-        "mutation": [response("Same magnitude.", good)], "crossover": [response("Same magnitude.", good)],
-        "critic": [response("The attribute is params.", fixed)]}))
-    runs = base / "runs"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    args = ["--model", "mobilenetv2", "--dataset", "embedded", "--eval-limit", "32", "--llm", f"scripted:{script}",
-            "--population", "3", "--generations", "2", "--sandbox", "process", "--workers", "1", "--no-tui", "--json",
-            "--runs-dir", str(runs), "--run-id", "exp"]
-    done = subprocess.run([sys.executable, "-m", "graph.run", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=1200)
-    assert done.returncode == 0, done.stderr[-3000:]
+def scripted_run(scripted_search, tmp_path_factory):
+    """The session's real 2 x 3 search (tests/scripted_search.py, shared with test_graph.py): one draft
+    fails in the sandbox and is repaired, one does not parse and is repaired, one duplicates an
+    earlier proxy. Copied into this module's own runs folder."""
+    runs = tmp_path_factory.mktemp("exp_run") / "runs"
+    copy_run(scripted_search, runs)
     return runs
 
 
@@ -87,9 +68,9 @@ def query(db: Path, sql: str) -> list[tuple]:
 @pytest.mark.slow
 def test_collect_reads_a_real_run(scripted_run, tmp_path):
     results = tmp_path / "results"
-    assert experiment_main(["collect", "exp", "--runs-dir", str(scripted_run), "--results", str(results)]) == 0
-    s = json.loads((results / "search_exp.json").read_text())
-    db = scripted_run / "exp" / "run.db"
+    assert experiment_main(["collect", RUN_ID, "--runs-dir", str(scripted_run), "--results", str(results)]) == 0
+    s = json.loads((results / f"search_{RUN_ID}.json").read_text())
+    db = scripted_run / RUN_ID / "run.db"
     assert s["finished"] is True and s["config"]["controller"] == "paper" and s["config"]["budget"] == "3avg"
     assert [g["generation"] for g in s["generations"]] == [0, 1]
     assert s["generations"][0]["probs_used"] == pytest.approx({"init": 1 / 3, "mutation": 1 / 3, "crossover": 1 / 3})
@@ -103,14 +84,14 @@ def test_collect_reads_a_real_run(scripted_run, tmp_path):
     t = s["time"]
     assert t["llm_s"] > 0 and t["evaluation_s"] > 0 and t["idle_orchestration_s"] >= 0
     assert t["wall_s"] >= max(t["llm_s"], t["evaluation_s"]) - 1e-6
-    proxy = (results / "proxies" / "exp.py").read_text()
-    assert s["best_discovered"]["code"].strip() in proxy and proxy.startswith('"""Best discovered proxy of search exp')
+    proxy = (results / "proxies" / f"{RUN_ID}.py").read_text()
+    assert s["best_discovered"]["code"].strip() in proxy and proxy.startswith(f'"""Best discovered proxy of search {RUN_ID}')
 
 
 @pytest.mark.slow
 def test_collect_says_when_a_run_is_unfinished(scripted_run, tmp_path):
     runs = tmp_path / "runs"
-    shutil.copytree(scripted_run / "exp", runs / "partial")
+    shutil.copytree(scripted_run / RUN_ID, runs / "partial")
     conn = sqlite3.connect(runs / "partial" / "run.db")
     with conn:  # as a search cut after generation 0 leaves it
         conn.execute("UPDATE runs SET status = 'running', wall_s = NULL, id = 'partial'")

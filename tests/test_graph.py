@@ -2,8 +2,9 @@
 MobileNetV2 on the embedded data set; only the LLM is scripted (responses go
 through the agents' real parsing).
 
-One base run (2 generations x 3 proxies) is shared by the module: end to end,
-branch and replay read it; the resume test makes its own run and kills it.
+One base run (2 generations x 3 proxies; tests/scripted_search.py, shared with test_experiment.py)
+is copied into this module's runs folder: end to end, branch and replay read it; the resume test
+makes its own run and kills it.
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
+from scripted_search import copy_run, environment
+from scripted_search import run_args as search_args
 
 from graph.run import main as run_main
 from graph.runs import main as runs_main
@@ -26,69 +29,18 @@ from graph.tui import fmt
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
-GOOD = [
-    ("Weight magnitude, decayed with depth.",
-     "import math\n\ndef score(layer):\n    return float(layer.weight.abs().mean()) * math.exp(-layer.depth / layer.num_layers)\n"),
-    ("Outlier ratio: rounding is coarse where max|w| dwarfs the typical weight.",
-     "def score(layer):\n    w = layer.weight.flatten()\n    return float(w.abs().max() / (w.std() + 1e-8))\n"),
-    ("Fisher information per weight.",
-     "def score(layer):\n    g = layer.grad if layer.grad is not None else layer.weight\n"
-     "    return float((g * layer.weight).pow(2).mean())\n"),
-    ("Activation spread times weight spread.",
-     "def score(layer):\n    return float(layer.output.std() * layer.weight.std())\n"),
-    ("Rank-combine magnitude and size.",
-     "import numpy as np\n\ndef score_all(layers):\n    a = [float(l.weight.abs().mean()) for l in layers]\n"
-     "    b = [l.params for l in layers]\n    return list(np.argsort(np.argsort(a)) + 0.5 * np.argsort(np.argsort(b)))\n"),
-]
-BROKEN = ("Kurtosis of the weights.",  # 'weights' is not a layer attribute: fails in the sandbox
-          "def score(layer):\n    w = layer.weights.flatten()\n    return float(w.pow(4).mean())\n")
-UNPARSABLE = ("Layer size.",  # does not parse: a draft error whose code goes to the critic
-              "def score(layer:\n    return float(layer.params)\n")
-FIXED = ("The attribute is 'weight'.",
-         "def score(layer):\n    w = layer.weight.flatten()\n    c = w - w.mean()\n"
-         "    return float(c.pow(4).mean() / (c.pow(2).mean() ** 2 + 1e-12))\n")
-FIXED_TOO = ("Close the parenthesis.", "def score(layer):\n    return float(layer.params) ** 0.5\n")
-
-
-def response(reasoning: str, code: str) -> str:
-    return f"{reasoning}\n\n```python\n{code}```\n"
-
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """Scripted responses, a MobileNetV2 checkpoint, a runs folder and a shared mpq cache."""
-    base = tmp_path_factory.mktemp("graph")
-    script = base / "script.json"
-    script.write_text(json.dumps({
-        # Generation 0 uses all three init responses (population 3): one fails in the sandbox,
-        # one does not even parse; the critic repairs both.
-        "init": [response(*GOOD[0]), response(*BROKEN), response(*UNPARSABLE)],
-        "mutation": [response(*GOOD[2]), response(*GOOD[3])],
-        "crossover": [response(*GOOD[4])],
-        "critic": [response(*FIXED), response(*FIXED_TOO)],
-    }))
-    from mpq.models import checkpoint_path
-
-    weights = checkpoint_path("mobilenetv2", "embedded")
-    if not weights.is_file():  # no committed checkpoint yet: random weights exercise the same code
-        import torch
-
-        from mpq.data import load_splits
-        from mpq.models import build_model, save_checkpoint
-
-        torch.manual_seed(0)
-        weights = base / "mobilenetv2_random.pt"
-        save_checkpoint(build_model("mobilenetv2", load_splits("embedded").spec), weights, {"note": "test"})
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.setdefault("TAP_MPQ_CACHE", str(Path.home() / ".cache" / "tap-mpq"))
-    return {"script": script, "weights": str(weights), "runs": base / "runs", "env": env}
+def setup(scripted_search, tmp_path_factory):
+    """The session's scripted search (tests/scripted_search.py) copied into this module's runs folder."""
+    runs = tmp_path_factory.mktemp("graph") / "runs"
+    copy_run(scripted_search, runs)
+    return {"script": Path(scripted_search["script"]), "weights": scripted_search["weights"], "runs": runs,
+            "env": environment()}
 
 
 def run_args(setup, run_id: str, *extra: str) -> list[str]:
-    return ["--model", "mobilenetv2", "--dataset", "embedded", "--weights", setup["weights"], "--eval-limit", "32",
-            "--llm", f"scripted:{setup['script']}", "--population", "3", "--generations", "2",
-            "--sandbox", "process", "--workers", "1", "--no-tui", "--json",
-            "--runs-dir", str(setup["runs"]), "--run-id", run_id, *extra]
+    return search_args(setup["script"], setup["weights"], setup["runs"], run_id, *extra)
 
 
 def cli(setup, module: str, args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
@@ -109,10 +61,8 @@ def digests(folder: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def base_run(setup):
-    done = cli(setup, "graph.run", run_args(setup, "base"))
-    assert done.returncode == 0, done.stderr[-3000:]
-    return {"result": json.loads(done.stdout), "log": done.stderr}
+def base_run(setup, scripted_search):
+    return {"result": scripted_search["result"], "log": scripted_search["log"]}
 
 
 def test_end_to_end_writes_all_tables_and_outputs(setup, base_run):
@@ -122,9 +72,14 @@ def test_end_to_end_writes_all_tables_and_outputs(setup, base_run):
     counts = {t: query(setup, "base", f"select count(*) from {t}")[0][0]
               for t in ("runs", "generations", "proxies", "evaluations", "llm_calls", "controller", "checkpoints")}
     # 6 candidates, 2 critic repairs, 8 LLM calls; the unparsable draft is stored as an LLM call
-    # only, so 7 proxies, each evaluated once.
+    # only, so 7 proxies, each with its evaluation: 6 judged in the sandbox, and generation 1's
+    # crossover, which wrote generation 0's first proxy again, given that one's result.
     assert counts["runs"] == 1 and counts["generations"] == 2 and counts["controller"] == 2
     assert counts["proxies"] == 7 and counts["evaluations"] == 7 and counts["llm_calls"] == 8
+    reused = query(setup, "base", "select e.generation, e.ast_hash, e.phi, e.wall_s, o.generation, o.ast_hash, o.phi "
+                   "from evaluations e join evaluations o on o.proxy_id = e.reused_from")
+    assert len(reused) == 1 and reused[0][0] == 1 and reused[0][4] == 0, reused  # from a generation-0 proxy
+    assert reused[0][1] == reused[0][5] and reused[0][2] == reused[0][6] and reused[0][3] == 0.0
     assert counts["checkpoints"] > 0
     assert query(setup, "base", "select status from runs") == [("finished",)]
     statuses = dict(query(setup, "base", "select proxy_id, status from evaluations"))

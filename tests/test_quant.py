@@ -143,6 +143,13 @@ def test_first_last_floor_and_uint8_evaluation():
     assert a.top1 == b.top1 and a.loss == pytest.approx(b.loss, rel=1e-5) and a.images == 200
     with pytest.raises(ValueError, match="mean and std"):
         evaluate(s.model, val.images, val.labels)
+    # per image: any subset's top-1 read from one pass (mpq.export's onnxruntime check reads it so)
+    every = evaluate(s.model, val.normalized(), val.labels, batch_size=64, per_image=True)
+    subset = torch.tensor([3, 0, 199, 64, 65, 17])
+    assert every.correct.dtype == torch.bool and every.correct.shape == (200,) and b.correct is None
+    assert int(every.correct.sum()) / 200 == every.top1 == b.top1
+    assert int(every.correct[subset].sum()) / len(subset) == evaluate(s.model, val.normalized()[subset],
+                                                                   val.labels[subset]).top1
 
 
 class _TokenModel(nn.Module):

@@ -56,12 +56,13 @@ run: install
 # Two pytest processes (pytest-xdist), each test file whole in one of them (module fixtures, the
 # private Docker engine and the Ray instance stay in one process): serially, tests spend much of their
 # time waiting on subprocesses, slots and timeouts; 577 s serial, 319 s so, the machine 96% busy
-# (benchmarks/results/test_suite.md, session 10). TEST_WORKERS=0 runs it serially.
+# (benchmarks/results/test_suite.md, session 10). TEST_WORKERS=0 runs it serially. Files go out longest
+# first (tests/conftest.py: LONGEST_FIRST), not by their number of tests (xdist's default).
 TEST_WORKERS ?= 2
 
 test: install
 	$(PY) -m ruff check .
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 clean-venv:
 	rm -rf $(VENV)

@@ -4,13 +4,45 @@ LLM, other engineers' jobs), every parallel region waits for a preempted thread:
 ResNet50 took 229 s instead of 21 s beside the LLM benchmark (benchmarks/results/test_suite.md,
 session 7). The sandbox's workers set the same (sandbox/process_backend.py: worker_environment).
 
-Also the session's one scripted search (tests/scripted_search.py)."""
+Also the order in which ``make test``'s two processes take the test files, and the session's one
+scripted search (tests/scripted_search.py)."""
 import json
 import os
 
 import pytest
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+LONGEST_FIRST = (
+    "test_sandbox_ray_lifecycle.py",  # 40-80 s, mostly waiting: its SIGKILL case waits up to 60 s on Ray's agents
+    "test_graph.py",
+    "test_sandbox_ray.py",
+    "test_sandbox_lifecycle.py",
+    "test_llm_local.py",
+    "test_experiment.py",  # after test_graph.py: the scripted search is ready by then, nobody waits on it
+    "test_export.py",
+    "test_leaderboard.py",
+    "test_sandbox_pool.py",
+    "test_sandbox_forkserver.py",
+    "test_sandbox_docker.py",
+    "test_proxies.py",
+    "test_graph_final.py",
+    "test_train.py",
+    "test_models.py",
+    "test_local_server.py",
+    "test_transformers.py",
+)
+"""Files by their seconds in a suite run (benchmarks/results/test_suite.md, session 12), longest first.
+pytest-xdist hands whole files (``--dist loadfile``) to its processes in collection order when the
+Makefile's ``--no-loadscope-reorder`` is given; by default it orders them by their number of tests,
+which put the Ray lifecycle file's three tests last, the other process idle while its SIGKILL case
+waited on Ray (79 s at the end of a 493 s suite). Longest first is the classic heuristic for the
+shortest finish of jobs on parallel machines (Graham's LPT rule); the rest keep their order."""
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's tests keep their order
 
 
 @pytest.fixture(scope="session")

@@ -32,7 +32,8 @@ LONGEST_FIRST = (
     "test_local_server.py",
     "test_transformers.py",
 )
-"""Files by their seconds in a suite run (benchmarks/results/test_suite.md, session 12), longest first.
+"""Files by their seconds in a suite run (benchmarks/results/test_suite.md, session 12), longest first,
+except where a comment says why a file goes earlier or later.
 pytest-xdist hands whole files (``--dist loadfile``) to its processes in collection order when the
 Makefile's ``--no-loadscope-reorder`` is given; by default it orders them by their number of tests,
 which put the Ray lifecycle file's three tests last, the other process idle while its SIGKILL case

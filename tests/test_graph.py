@@ -61,7 +61,7 @@ def digests(folder: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def base_run(setup, scripted_search):
+def base_run(scripted_search):
     return {"result": scripted_search["result"], "log": scripted_search["log"]}
 
 
